@@ -1,0 +1,92 @@
+"""The ``tmsim`` command line. Each sub-command is a thin wrapper over a function of the package."""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from .trace import TraceError
+
+DEFAULT_TRACES = Path(__file__).resolve().parent.parent / "traces"
+
+
+def default_traces() -> Path:
+    """The bundled library: ``traces/`` of the checkout tmsim runs from (override with ``--traces`` or TMSIM_TRACES)."""
+    import os
+
+    return Path(os.environ.get("TMSIM_TRACES", DEFAULT_TRACES))
+
+
+def _cmd_record(args: argparse.Namespace) -> int:
+    from .recorder import parse_seeds, record, specs_from_args
+
+    tasks = args.task.split(",")
+    scenarios = None if args.scenario in (None, "all") else args.scenario.split(",")
+    specs = specs_from_args(tasks, scenarios, parse_seeds(args.seeds), args.depth, args.decide_every, args.budget)
+    stats = record(specs, args.out, workers=args.workers, overwrite=args.overwrite, show_progress=not args.quiet)
+    print(f"recorded {stats['trees']} tree(s) ({stats['skipped']} already there): {stats['runs']} runs, "
+          f"{stats['epochs']} epochs in {stats['seconds']} s -> {args.out}")
+    return 0
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from .query import connect, format_table
+
+    with connect(args.traces, warn=sys.stderr) as q:
+        table = q.sql(args.sql)
+    sys.stdout.write(format_table(table, args.format))
+    return 0
+
+
+def _cmd_summary(args: argparse.Namespace) -> int:
+    from .summary import summarize
+
+    print(summarize(args.traces, warn=sys.stderr))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tmsim", description="Record, simulate, score and gate LLM training managers.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    r = sub.add_parser("record", help="record trace trees of real training runs")
+    r.add_argument("--task", required=True, help="task name(s), comma-separated: digits-mlp, text-lm, multiloss")
+    r.add_argument("--scenario", default="all", help="scenario name(s), comma-separated, or 'all'")
+    r.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,5")
+    r.add_argument("--decide-every", type=int, default=None, help="epochs between decisions (default: the scenario's)")
+    r.add_argument("--depth", type=int, default=3, help="decision points branched per run")
+    r.add_argument("--budget", type=int, default=None, help="at most this many runs per tree (sampled; do-nothing always kept)")
+    r.add_argument("--out", required=True, type=Path, help="library directory to write")
+    r.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    r.add_argument("--overwrite", action="store_true", help="re-record trees that are already there")
+    r.add_argument("--quiet", action="store_true", help="no progress bar")
+    r.set_defaults(func=_cmd_record)
+
+    q = sub.add_parser("query", help="run read-only SQL over the runs/epochs/decisions/lineage views")
+    q.add_argument("sql")
+    q.add_argument("--traces", type=Path, default=None)
+    q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.set_defaults(func=_cmd_query)
+
+    s = sub.add_parser("summary", help="the trace library at a glance")
+    s.add_argument("--traces", type=Path, default=None)
+    s.set_defaults(func=_cmd_summary)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if getattr(args, "traces", "unset") is None:
+        args.traces = default_traces()
+    try:
+        return args.func(args)
+    except (TraceError, ValueError) as exc:
+        print(f"tmsim: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tmsim: interrupted; finished trees are on disk and `tmsim record` resumes from them", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

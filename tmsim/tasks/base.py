@@ -1,0 +1,254 @@
+"""The ``Task`` interface: a real training run, small enough to fork.
+
+A task builds a model and optimizer from hyperparameters and a seed, trains one epoch, evaluates, takes a
+hyperparameter change, and saves/restores its full state (model, optimizer, data-order RNG and torch's global RNG,
+which dropout draws from). That is everything the trace-tree recorder needs to fork a run at a decision epoch and
+train each menu action from the *same* state.
+
+Every task here trains a PyTorch model with a plain loop a reader can follow top to bottom (``TorchTask.train_epoch``);
+subclasses only provide data, a model and a loss.
+
+Example
+-------
+>>> from tmsim.tasks import get_task
+>>> task = get_task("digits-mlp")
+>>> state = task.build("healthy", seed=0)
+>>> row = task.train_epoch(state)
+>>> sorted(row)[:3]
+['grad_norm', 'samples_seen', 'step_time_s']
+"""
+from __future__ import annotations
+
+import io
+import math
+import time
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class Hyperparams:
+    """The knobs a training manager may turn. ``aux_loss_weight`` is ``None`` for single-loss tasks."""
+
+    lr: float
+    weight_decay: float = 0.0
+    dropout: float = 0.0
+    aux_loss_weight: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def with_(self, **changes: Any) -> "Hyperparams":
+        return replace(self, **changes)
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A hyperparameter recipe that induces one failure a manager must fix (or a healthy run to leave alone).
+
+    ``settings`` holds the task-specific fixed settings (model width, training-set size, batch size, ...), which
+    the manager cannot change.
+    """
+
+    name: str
+    hparams: Hyperparams
+    epochs: int
+    decide_every: int
+    description: str
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class TrainState:
+    """Everything that evolves during training; ``Task.save``/``Task.restore`` round-trip it exactly."""
+
+    scenario: Scenario
+    seed: int
+    hparams: Hyperparams
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    generator: torch.Generator  # data order
+    epoch: int = 0
+    samples_seen: int = 0
+
+
+#: Metric columns every task reports at every epoch (``None`` where undefined).
+METRICS = ("train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc")
+
+
+class TorchTask:
+    """Base class for tasks trained with a plain PyTorch loop.
+
+    Subclasses set ``name``, ``losses`` (loss names; more than one means loss weights are a knob), ``SCENARIOS``, and
+    implement ``data``, ``make_model``, ``batch_loss`` and ``evaluate_split``.
+    """
+
+    name: str = ""
+    losses: tuple[str, ...] = ("loss",)
+    model_descriptor: str = ""
+    dataset_descriptor: str = ""
+    SCENARIOS: dict[str, Scenario] = {}
+
+    # --- what subclasses provide -------------------------------------------------------------------------------
+    def data(self, scenario: Scenario) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """``{"train": (X, Y), "val": (X, Y), "test": (X, Y)}``; fixed across seeds (seed drives init and order)."""
+        raise NotImplementedError
+
+    def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
+        raise NotImplementedError
+
+    def batch_loss(self, model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, hp: Hyperparams) -> torch.Tensor:
+        """The weighted training loss of one minibatch (what the optimizer minimises)."""
+        raise NotImplementedError
+
+    def evaluate_split(self, model: nn.Module, x: torch.Tensor, y: torch.Tensor, hp: Hyperparams) -> tuple[float, float | None]:
+        """(objective loss, accuracy or None) on a whole split, in eval mode, without gradients."""
+        raise NotImplementedError
+
+    def make_optimizer(self, model: nn.Module, scenario: Scenario, hp: Hyperparams) -> torch.optim.Optimizer:
+        momentum = scenario.settings.get("momentum", 0.9)
+        return torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=momentum, weight_decay=hp.weight_decay)
+
+    # --- the interface the recorder and the live hook use ------------------------------------------------------
+    def scenarios(self) -> dict[str, Scenario]:
+        return dict(self.SCENARIOS)
+
+    def scenario(self, name: str) -> Scenario:
+        try:
+            return self.SCENARIOS[name]
+        except KeyError:
+            raise ValueError(f"task {self.name!r} has no scenario {name!r}; known: {sorted(self.SCENARIOS)}") from None
+
+    def _data(self, scenario: Scenario) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        # Data is deterministic per scenario; cache it so forks do not rebuild it.
+        cache = self.__dict__.setdefault("_data_cache", {})
+        if scenario.name not in cache:
+            cache[scenario.name] = self.data(scenario)
+        return cache[scenario.name]
+
+    def n_params(self, state: TrainState) -> int:
+        return sum(p.numel() for p in state.model.parameters())
+
+    def build(self, scenario: str | Scenario, seed: int, hparams: Hyperparams | None = None) -> TrainState:
+        """A fresh run: model initialised from ``seed``, data order from ``seed``."""
+        sc = self.scenario(scenario) if isinstance(scenario, str) else scenario
+        hp = hparams or sc.hparams
+        torch.manual_seed(seed)
+        model = self.make_model(sc, hp)
+        opt = self.make_optimizer(model, sc, hp)
+        gen = torch.Generator().manual_seed(seed)
+        return TrainState(sc, seed, hp, model, opt, gen)
+
+    def apply(self, state: TrainState, hp: Hyperparams) -> None:
+        """Put ``hp`` in force: optimizer param groups, dropout modules, loss weights (read by ``batch_loss``)."""
+        for group in state.optimizer.param_groups:
+            group["lr"] = hp.lr
+            group["weight_decay"] = hp.weight_decay
+        for m in state.model.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = hp.dropout
+        state.hparams = hp
+
+    def train_epoch(self, state: TrainState) -> dict[str, Any]:
+        """One pass over the training split; returns the epoch's training telemetry.
+
+        ``grad_norm`` is the mean total gradient norm over the epoch's steps; ``update_ratio`` is
+        ``||w_end - w_start|| / ||w_start||`` over the epoch (how far the weights moved, relative to their size).
+        """
+        x, y = self._data(state.scenario)["train"]
+        bs = state.scenario.settings.get("batch_size", 32)
+        steps = state.scenario.settings.get("steps_per_epoch")
+        model, opt, hp = state.model, state.optimizer, state.hparams
+        model.train()
+        w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+        order = self.epoch_order(len(x), bs, steps, state.generator)
+        t0 = time.perf_counter()
+        grad_norms, n = [], 0
+        for idx in order:
+            xb, yb = self.batch(x, y, idx, state)
+            opt.zero_grad(set_to_none=True)
+            loss = self.batch_loss(model, xb, yb, hp)
+            loss.backward()
+            gn = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in model.parameters() if p.grad is not None]))
+            grad_norms.append(float(gn))
+            opt.step()
+            n += len(idx)
+        elapsed = time.perf_counter() - t0
+        w1 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
+        w0n = float(w0.norm())
+        state.epoch += 1
+        state.samples_seen += n
+        return {
+            "grad_norm": float(sum(grad_norms) / max(len(grad_norms), 1)),
+            "update_ratio": float((w1 - w0).norm()) / w0n if w0n > 0 else float("nan"),
+            "samples_seen": state.samples_seen,
+            "step_time_s": elapsed / max(len(order), 1),
+        }
+
+    def epoch_order(self, n: int, bs: int, steps: int | None, gen: torch.Generator) -> list[torch.Tensor]:
+        """Minibatch indices for one epoch, drawn from the run's own generator (so a fork replays the same order)."""
+        perm = torch.randperm(n, generator=gen)
+        batches = [perm[i : i + bs] for i in range(0, n - bs + 1, bs)] or [perm]
+        return batches[:steps] if steps else batches
+
+    def batch(self, x: torch.Tensor, y: torch.Tensor, idx: torch.Tensor, state: TrainState) -> tuple[torch.Tensor, torch.Tensor]:
+        return x[idx], y[idx]
+
+    def evaluate(self, state: TrainState) -> dict[str, float | None]:
+        """Objective loss and accuracy on train, val and test (test is recorded but never shown to a policy)."""
+        data = self._data(state.scenario)
+        state.model.eval()
+        out: dict[str, float | None] = {}
+        with torch.no_grad():
+            for split in ("train", "val", "test"):
+                x, y = data[split]
+                x, y = self.eval_subset(x, y, split, state.scenario)
+                loss, acc = self.evaluate_split(state.model, x, y, state.hparams)
+                out[f"{split}_loss"] = loss
+                out[f"{split}_acc"] = acc
+        state.model.train()
+        return out
+
+    def eval_subset(self, x: torch.Tensor, y: torch.Tensor, split: str, scenario: Scenario) -> tuple[torch.Tensor, torch.Tensor]:
+        return x, y
+
+    # --- fork support ------------------------------------------------------------------------------------------
+    def save(self, state: TrainState) -> bytes:
+        """Serialise the full training state, RNGs included, to bytes (loaded back with ``weights_only=True``)."""
+        buf = io.BytesIO()
+        torch.save(
+            {
+                "model": state.model.state_dict(),
+                "optimizer": state.optimizer.state_dict(),
+                "generator": state.generator.get_state(),
+                "torch_rng": torch.get_rng_state(),
+                "hparams": state.hparams.to_dict(),
+                "seed": state.seed,
+                "epoch": state.epoch,
+                "samples_seen": state.samples_seen,
+                "scenario": state.scenario.name,
+            },
+            buf,
+        )
+        return buf.getvalue()
+
+    def restore(self, blob: bytes) -> TrainState:
+        """Rebuild a ``TrainState`` from ``save``'s bytes; the restored run continues bit-for-bit like the original."""
+        d = torch.load(io.BytesIO(blob), weights_only=True)
+        sc = self.scenario(d["scenario"])
+        hp = Hyperparams(**d["hparams"])
+        state = self.build(sc, d["seed"], hp)
+        state.model.load_state_dict(d["model"])
+        state.optimizer.load_state_dict(d["optimizer"])
+        self.apply(state, hp)
+        state.generator.set_state(d["generator"])
+        torch.set_rng_state(d["torch_rng"])
+        state.epoch, state.samples_seen = d["epoch"], d["samples_seen"]
+        return state
+
+
+def is_finite(x: float | None) -> bool:
+    return x is None or math.isfinite(x)
