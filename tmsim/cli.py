@@ -45,6 +45,45 @@ def _cmd_summary(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_policy_check(args: argparse.Namespace) -> int:
+    import json
+
+    from tqdm import tqdm
+
+    from .actions import Bounds
+    from .decisions import decision_points, format_report, run_policy
+    from .policies import find_specs, make_policy
+    from .trace import load_library, write_table
+
+    lib = load_library(args.traces)
+    for p in lib.problems:
+        print(f"tmsim: warning: {p}", file=sys.stderr)
+    bounds = Bounds()
+    snaps = decision_points(lib, bounds, tasks=args.task.split(",") if args.task else None)
+    reports = []
+    for spec in find_specs(args.spec):
+        policy = make_policy(spec, lib)
+        with tqdm(total=len(snaps), desc=spec.name, unit="decision", disable=args.quiet, leave=False) as bar:
+            audit, report = run_policy(policy, snaps, bounds, timeout=args.timeout, on_decision=lambda: bar.update(1))
+        print(format_report(report))
+        print()
+        if args.audit:
+            for task in sorted(set(audit["task"].to_pylist())):
+                part = audit.filter(pa_equal(audit["task"], task))
+                write_table(part, args.audit / "decisions" / f"task={task}" / f"check-{spec.name}.parquet", "decisions")
+        reports.append(report)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2) + "\n")
+    return 0
+
+
+def pa_equal(col, value):
+    import pyarrow.compute as pc
+
+    return pc.equal(col, value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tmsim", description="Record, simulate, score and gate LLM training managers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -71,6 +110,17 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="the trace library at a glance")
     s.add_argument("--traces", type=Path, default=None)
     s.set_defaults(func=_cmd_summary)
+    pol = sub.add_parser("policy", help="policy tools")
+    psub = pol.add_subparsers(dest="policy_command", required=True)
+    pc_ = psub.add_parser("check", help="run a policy over every decision point of a library, through the validator")
+    pc_.add_argument("spec", help="a policy spec (policies/NAME.toml) or a directory of specs")
+    pc_.add_argument("--traces", type=Path, default=None)
+    pc_.add_argument("--task", default=None, help="only these tasks (comma-separated)")
+    pc_.add_argument("--timeout", type=float, default=5.0, help="seconds per decision before it counts as a timeout")
+    pc_.add_argument("--json", type=Path, default=None, help="write the report as JSON")
+    pc_.add_argument("--audit", type=Path, default=None, help="write every decision as trace rows under DIR/decisions/")
+    pc_.add_argument("--quiet", action="store_true")
+    pc_.set_defaults(func=_cmd_policy_check)
     return p
 
 

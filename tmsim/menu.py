@@ -57,9 +57,9 @@ def apply_action(hp: Hyperparams, action: str) -> Hyperparams:
         wd = hp.weight_decay / WD_FACTOR
         return hp.with_(weight_decay=0.0 if wd < WD_FLOOR else wd)
     if action == "dropout_up":
-        return hp.with_(dropout=round(min(hp.dropout + DROPOUT_STEP, DROPOUT_MAX), 6))
+        return hp.with_(dropout=max(hp.dropout, round(min(hp.dropout + DROPOUT_STEP, DROPOUT_MAX), 6)))
     if action == "dropout_down":
-        return hp.with_(dropout=round(max(hp.dropout - DROPOUT_STEP, 0.0), 6))
+        return hp.with_(dropout=min(hp.dropout, round(max(hp.dropout - DROPOUT_STEP, 0.0), 6)))
     if action in ("aux_weight_up", "aux_weight_down"):
         if hp.aux_loss_weight is None:
             return hp

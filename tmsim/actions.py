@@ -1,0 +1,290 @@
+"""The action schema, the per-run ``Bounds``, and the validator that stands between any policy and a run.
+
+``validate(raw, snapshot, bounds)`` never raises on policy output. Whatever the policy returned (a ``Proposal``, a
+dict, JSON text, a bare action name, garbage, ``None``, NaN, an exception, a timeout), it returns the
+``ValidatedAction`` to apply and the list of named violations. An output that cannot be applied safely becomes the
+safe fallback, ``continue``; a value beyond a bound or a too-large change is clamped. The same validator runs in
+the simulator, in ``tmsim policy check`` and in the live hook, so a policy is judged by one set of rules.
+
+Violation names (each counted separately): ``policy_exception``, ``timeout``, ``empty_output``, ``unparseable``,
+``unknown_action``, ``missing_value``, ``non_finite_value``, ``no_effect``, ``stop_too_early``,
+``budget_exhausted``, ``cooldown``, ``change_too_large`` (clamped), ``out_of_bounds`` (clamped).
+``FATAL`` lists those that replace the proposal by the fallback.
+
+Example
+-------
+>>> from tmsim.snapshot import Snapshot, EpochView
+>>> from tmsim.tasks import Hyperparams
+>>> snap = Snapshot.build("r", "digits-mlp", "overfit", [EpochView(epoch=5, val_loss=1.0, train_loss=0.5)],
+...                       Hyperparams(lr=0.2), max_epochs=20, decide_every=5)
+>>> act, violations = validate('{"action": "set_lr", "value": 50}', snap, Bounds())
+>>> act.hparams.lr, violations
+(0.8, ['change_too_large'])
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from .menu import ACTIONS, apply_action
+from .snapshot import Snapshot
+from .tasks.base import Hyperparams
+
+#: Continuous actions: set a knob to ``value``.
+SET_ACTIONS = {"set_lr": "lr", "set_weight_decay": "weight_decay", "set_dropout": "dropout", "set_aux_loss_weight": "aux_loss_weight"}
+ALL_ACTIONS = ACTIONS + tuple(SET_ACTIONS)
+KNOBS = ("lr", "weight_decay", "dropout", "aux_loss_weight")
+VIOLATIONS = ("policy_exception", "timeout", "empty_output", "unparseable", "unknown_action", "missing_value",
+              "non_finite_value", "no_effect", "stop_too_early", "budget_exhausted", "cooldown",
+              "change_too_large", "out_of_bounds")
+#: Violations after which the proposal is replaced by the safe fallback (``continue``).
+FATAL = frozenset(VIOLATIONS[:10])
+
+
+class Proposal(BaseModel):
+    """What a policy proposes: a menu action, or a ``set_*`` action with a ``value``; ``reason`` is free text."""
+
+    model_config = ConfigDict(extra="ignore")
+    action: str
+    value: float | None = None
+    reason: str | None = None
+
+
+class Bounds(BaseModel):
+    """Limits that hold for every action applied to a run.
+
+    Absolute ranges per knob; ``max_factor`` caps the relative change of ``lr`` and ``aux_loss_weight`` per decision
+    (``weight_decay`` is capped at ``max_factor * 5`` times, or ``weight_decay_step`` from zero). The defaults admit
+    every menu action (the largest step, ``aux_weight_up``, is x4), so a recorded branch is always reachable; ``max_dropout_step``
+    the absolute change of dropout; ``cooldown_epochs`` the gap between two changes of the same knob;
+    ``min_stop_epoch`` the first epoch a stop is allowed; ``max_interventions`` the changes allowed per run (None:
+    no limit).
+    """
+
+    model_config = ConfigDict(extra="forbid")
+    lr_min: float = Field(1e-6, gt=0)
+    lr_max: float = Field(10.0, gt=0)
+    weight_decay_min: float = Field(0.0, ge=0)
+    weight_decay_max: float = Field(0.1, ge=0)
+    weight_decay_step: float = Field(5e-4, ge=0)
+    dropout_min: float = Field(0.0, ge=0, le=1)
+    dropout_max: float = Field(0.5, ge=0, lt=1)
+    aux_loss_weight_min: float = Field(1e-3, gt=0)
+    aux_loss_weight_max: float = Field(1e3, gt=0)
+    max_factor: float = Field(4.0, ge=1)
+    max_dropout_step: float = Field(0.1, ge=0)
+    cooldown_epochs: int = Field(0, ge=0)
+    min_stop_epoch: int = Field(1, ge=0)
+    max_interventions: int | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def _ranges(self) -> "Bounds":
+        for k in KNOBS:
+            if getattr(self, f"{k}_min") > getattr(self, f"{k}_max"):
+                raise ValueError(f"bounds: {k}_min is greater than {k}_max")
+        return self
+
+    def range(self, knob: str) -> tuple[float, float]:
+        return getattr(self, f"{knob}_min"), getattr(self, f"{knob}_max")
+
+
+@dataclass(frozen=True)
+class ValidatedAction:
+    """The action actually applied: its name, the hyperparameters after it, whether training stops, and whether it
+    came from the policy (possibly clamped) or is the safe fallback."""
+
+    action: str
+    hparams: Hyperparams
+    stop: bool = False
+    source: str = "policy"
+    changed: tuple[str, ...] = field(default=())
+
+    @property
+    def intervenes(self) -> bool:
+        return self.stop or bool(self.changed)
+
+    def to_json(self) -> str:
+        hp = self.hparams
+        return json.dumps({"action": self.action, "stop": self.stop, "changed": list(self.changed), "lr": hp.lr,
+                           "weight_decay": hp.weight_decay, "dropout": hp.dropout,
+                           "aux_loss_weight": hp.aux_loss_weight}, sort_keys=True, separators=(",", ":"))
+
+
+class PolicyFailure:
+    """Stands in for a policy's output when the call itself failed (``kind``: policy_exception or timeout)."""
+
+    def __init__(self, kind: str, detail: str = ""):
+        self.kind, self.detail = kind, detail
+
+    def __repr__(self) -> str:
+        return f"<{self.kind}: {self.detail}>"
+
+
+def action_json_schema(offered: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """JSON Schema of a proposal; with ``offered``, the ``action`` enum lists only those actions."""
+    schema = Proposal.model_json_schema()
+    schema["properties"]["action"]["enum"] = list(offered or ALL_ACTIONS)
+    return schema
+
+
+def parse_proposal(raw: Any) -> tuple[Proposal | None, str | None]:
+    """(proposal, None) or (None, violation name). Accepts Proposal, dict, JSON text or a bare action name."""
+    if isinstance(raw, PolicyFailure):
+        return None, raw.kind
+    if raw is None:
+        return None, "empty_output"
+    if isinstance(raw, Proposal):
+        return raw, None
+    if isinstance(raw, bytes):
+        try:
+            raw = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            return None, "unparseable"
+    if isinstance(raw, str):
+        text = raw.strip()
+        if not text:
+            return None, "empty_output"
+        if text in ALL_ACTIONS:
+            return Proposal(action=text), None
+        try:
+            raw = json.loads(text)
+        except (ValueError, RecursionError):
+            return None, "unparseable"
+    if isinstance(raw, dict):
+        action = raw.get("action")
+        if not isinstance(action, str):
+            return None, "unparseable"
+        value = raw.get("value")
+        if value is not None:
+            if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+                return None, "unparseable"
+            try:
+                value = float(value)
+            except (ValueError, OverflowError):
+                return None, "unparseable"
+        reason = raw.get("reason")
+        return Proposal(action=action, value=value, reason=reason if isinstance(reason, str) else None), None
+    return None, "unparseable"
+
+
+def _last_change_epoch(snapshot: Snapshot, knob: str) -> int | None:
+    """The last epoch at which ``knob`` changed in the run's history (None if never)."""
+    last = None
+    prev = None
+    for h in snapshot.history:
+        v = getattr(h, knob)
+        if prev is not None and v is not None and v != prev:
+            last = h.epoch - 1  # the change was applied at the end of the previous epoch
+        if v is not None:
+            prev = v
+    return last
+
+
+def validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAction, list[str]]:
+    """Turn any policy output into a safe ``ValidatedAction`` plus the violations found. Never raises."""
+    try:
+        return _validate(raw, snapshot, bounds)
+    except Exception:  # whatever went wrong, an unvalidated update is never the answer
+        return _fallback(snapshot), ["unparseable"]
+
+
+def _fallback(snapshot: Snapshot) -> ValidatedAction:
+    return ValidatedAction("continue", snapshot.hparams, False, "fallback")
+
+
+def _validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAction, list[str]]:
+    hp = snapshot.hparams
+    proposal, problem = parse_proposal(raw)
+    if problem:
+        return _fallback(snapshot), [problem]
+    action = proposal.action
+    if action not in ALL_ACTIONS:
+        return _fallback(snapshot), ["unknown_action"]
+    if action == "continue":
+        return ValidatedAction("continue", hp, False, "policy"), []
+    if action == "stop":
+        if snapshot.epoch < bounds.min_stop_epoch:
+            return _fallback(snapshot), ["stop_too_early"]
+        if _budget_left(snapshot, bounds) <= 0:
+            return _fallback(snapshot), ["budget_exhausted"]
+        return ValidatedAction("stop", hp, True, "policy"), []
+    violations: list[str] = []
+    if action in SET_ACTIONS:
+        knob = SET_ACTIONS[action]
+        if proposal.value is None:
+            return _fallback(snapshot), ["missing_value"]
+        if not math.isfinite(proposal.value):
+            return _fallback(snapshot), ["non_finite_value"]
+        if getattr(hp, knob) is None:
+            return _fallback(snapshot), ["no_effect"]
+        target = hp.with_(**{knob: proposal.value})
+    else:
+        if proposal.value is not None and not math.isfinite(proposal.value):
+            return _fallback(snapshot), ["non_finite_value"]
+        target = apply_action(hp, action)
+    changed = [k for k in KNOBS if getattr(target, k) != getattr(hp, k)]
+    if not changed:
+        return _fallback(snapshot), ["no_effect"]
+    if _budget_left(snapshot, bounds) <= 0:
+        return _fallback(snapshot), ["budget_exhausted"]
+    for k in changed:
+        last = _last_change_epoch(snapshot, k)
+        if bounds.cooldown_epochs and last is not None and snapshot.epoch - last < bounds.cooldown_epochs:
+            return _fallback(snapshot), ["cooldown"]
+    values = {}
+    for k in changed:
+        old, want = getattr(hp, k), getattr(target, k)
+        # The value may move within the per-decision step AND the absolute range; when they do not overlap
+        # (a run already outside the range, a zero step) nothing can be applied safely.
+        slo, shi = _step_limits(k, old, bounds)
+        amin, amax = bounds.range(k)
+        lo, hi = max(slo, amin), min(shi, amax)
+        if lo > hi:
+            return _fallback(snapshot), violations + ["out_of_bounds"]
+        new = min(max(want, lo), hi)
+        if not slo <= want <= shi:
+            violations.append("change_too_large")
+        if not amin <= want <= amax:
+            violations.append("out_of_bounds")
+        # A clamp must never turn a proposal into a move the other way (or none at all).
+        if new == old or (new - old) * (want - old) < 0:
+            return _fallback(snapshot), violations + ["no_effect"]
+        values[k] = new
+    applied = hp.with_(**values)
+    assert all(bounds.range(k)[0] <= getattr(applied, k) <= bounds.range(k)[1] for k in changed)
+    return ValidatedAction(action, applied, False, "policy", tuple(changed)), sorted(set(violations), key=violations.index)
+
+
+def _budget_left(snapshot: Snapshot, bounds: Bounds) -> float:
+    """Interventions still allowed: the snapshot's own count, else the bound minus the past interventions."""
+    if bounds.max_interventions is None:
+        return math.inf
+    if snapshot.interventions_left is not None:
+        return min(snapshot.interventions_left, bounds.max_interventions)
+    return bounds.max_interventions - sum(d.action != "continue" for d in snapshot.decisions)
+
+
+def _step_limits(knob: str, old: float, bounds: Bounds) -> tuple[float, float]:
+    """The range a knob may move to in one decision, from ``old``."""
+    if knob == "dropout":
+        return old - bounds.max_dropout_step, old + bounds.max_dropout_step
+    if knob == "weight_decay":
+        f = bounds.max_factor * 5
+        return old / f, max(old * f, bounds.weight_decay_step)
+    return old / bounds.max_factor, old * bounds.max_factor
+
+
+def offered_actions(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...] = ACTIONS) -> tuple[str, ...]:
+    """The menu actions that the validator would apply as they are (no fallback, no clamp) at this snapshot."""
+    out = []
+    for a in candidates:
+        if a.startswith("aux_") and snapshot.losses < 2:
+            continue
+        act, violations = validate(a, snapshot, bounds)
+        if not violations and act.source == "policy":
+            out.append(a)
+    return tuple(out)

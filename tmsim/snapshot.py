@@ -1,0 +1,217 @@
+"""The ``Snapshot``: everything a policy sees at a decision, and nothing it must not see.
+
+A snapshot holds the run's per-epoch history of *training and validation* telemetry (never test metrics: the
+``EpochView`` type has no field for them, and ``from_rows`` drops them), the hyperparameters in force, the epoch and
+the budget left, the actions on offer, the run's past decisions with the change measured after each, and signals
+computed in code so a small model need not do arithmetic.
+
+Signals are relative, so the same thresholds mean the same thing on a 0.1-loss classifier and a 3.0-loss language
+model: slopes are of ``log(loss)`` per epoch (``-0.05`` = falling 5% an epoch), the train/val gap is
+``val_loss / train_loss - 1``, rises are relative to the best value so far.
+
+Example
+-------
+>>> from tmsim.snapshot import Snapshot, EpochView
+>>> from tmsim.tasks import Hyperparams
+>>> rows = [EpochView(epoch=e, train_loss=1 / (e + 1), val_loss=0.6 + 0.05 * abs(e - 2), lr=0.1) for e in range(6)]
+>>> s = Snapshot.build("demo", "digits-mlp", "overfit", rows, Hyperparams(lr=0.1), max_epochs=20, decide_every=5)
+>>> s.signals.overfitting
+True
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Iterable
+
+from .tasks.base import Hyperparams
+
+#: Epochs of history used for slopes and shown in the prompt table.
+WINDOW = 5
+#: Signal thresholds (relative; documented in docs/policies.md).
+OVERFIT_GAP = 0.25        # val_loss at least 25% above train_loss ...
+OVERFIT_RISE = 0.05       # ... and val_loss 5% above its best, or rising while train falls
+DIVERGE_RISE = 0.5        # val_loss 50% above its best, or a non-finite loss
+PLATEAU_SLOPE = 0.01      # |slope of log val_loss| under 1% an epoch
+
+
+@dataclass(frozen=True)
+class EpochView:
+    """One epoch as a policy sees it (no test metrics, by construction)."""
+
+    epoch: int
+    train_loss: float | None = None
+    val_loss: float | None = None
+    train_acc: float | None = None
+    val_acc: float | None = None
+    grad_norm: float | None = None
+    update_ratio: float | None = None
+    lr: float | None = None
+    weight_decay: float | None = None
+    dropout: float | None = None
+    aux_loss_weight: float | None = None
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> "EpochView":
+        """Keep only the fields a policy may see; everything else in ``row`` (test metrics included) is dropped."""
+        names = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in row.items() if k in names})
+
+
+@dataclass(frozen=True)
+class PastDecision:
+    """A decision this run already took and what followed: ``val_change`` is the relative change of validation
+    loss from the decision to the next decision (or to now)."""
+
+    epoch: int
+    action: str
+    val_change: float | None
+
+
+@dataclass(frozen=True)
+class Signals:
+    gap: float | None
+    gap_trend: float | None
+    train_slope: float | None
+    val_slope: float | None
+    best_val_loss: float | None
+    best_epoch: int | None
+    epochs_since_best: int | None
+    val_rise: float | None
+    progress: float | None
+    overfitting: bool
+    diverging: bool
+    plateau: bool
+
+
+def _finite(x: float | None) -> bool:
+    return x is not None and math.isfinite(x)
+
+
+def _slope(xs: list[int], ys: list[float]) -> float | None:
+    """Least-squares slope of ``ys`` over ``xs`` (None for fewer than 2 points)."""
+    if len(ys) < 2:
+        return None
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    den = sum((x - mx) ** 2 for x in xs)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else None
+
+
+def compute_signals(history: tuple[EpochView, ...], window: int = WINDOW) -> Signals:
+    """Signals from the history; the window is the last ``window + 1`` epochs (so ``window`` intervals)."""
+    trained = [h for h in history if h.epoch > 0] or list(history)
+    last = history[-1]
+    vals = [(h.epoch, h.val_loss) for h in history if _finite(h.val_loss) and h.val_loss > 0]
+    win = [h for h in trained[-(window + 1):]]
+    tv = [(h.epoch, math.log(h.train_loss)) for h in win if _finite(h.train_loss) and h.train_loss > 0]
+    vv = [(h.epoch, math.log(h.val_loss)) for h in win if _finite(h.val_loss) and h.val_loss > 0]
+    gaps = [(h.epoch, h.val_loss / h.train_loss - 1) for h in win if _finite(h.val_loss) and _finite(h.train_loss) and h.train_loss > 0]
+    train_slope = _slope(*zip(*tv)) if len(tv) >= 2 else None
+    val_slope = _slope(*zip(*vv)) if len(vv) >= 2 else None
+    gap = gaps[-1][1] if gaps and gaps[-1][0] == last.epoch else None
+    gap_trend = _slope(*zip(*gaps)) if len(gaps) >= 2 else None
+    if vals:
+        best_epoch, best = min(vals, key=lambda p: p[1])
+        first = vals[0][1]
+    else:
+        best_epoch = best = first = None
+    cur = last.val_loss
+    val_rise = cur / best - 1 if _finite(cur) and best else None
+    progress = 1 - cur / first if _finite(cur) and first else None
+    nonfinite = any(x is not None and not math.isfinite(x) for x in (last.train_loss, last.val_loss, last.grad_norm))
+    diverging = nonfinite or (val_rise is not None and val_rise > DIVERGE_RISE)
+    overfitting = (
+        not diverging and gap is not None and gap > OVERFIT_GAP and (
+            (val_rise is not None and val_rise > OVERFIT_RISE)
+            or (val_slope is not None and train_slope is not None and val_slope > 0 > train_slope)
+        )
+    )
+    plateau = (
+        not diverging and not overfitting and val_slope is not None and abs(val_slope) < PLATEAU_SLOPE
+        and (train_slope is None or train_slope > -PLATEAU_SLOPE)
+    )
+    return Signals(
+        gap=gap, gap_trend=gap_trend, train_slope=train_slope, val_slope=val_slope, best_val_loss=best,
+        best_epoch=best_epoch, epochs_since_best=(last.epoch - best_epoch) if best_epoch is not None else None,
+        val_rise=val_rise, progress=progress, overfitting=overfitting, diverging=diverging, plateau=plateau,
+    )
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What a policy sees at one decision. Build with ``Snapshot.build``; render with ``to_text``/``to_json``."""
+
+    run_id: str
+    task: str
+    scenario: str
+    epoch: int
+    max_epochs: int
+    decide_every: int
+    hparams: Hyperparams
+    history: tuple[EpochView, ...]
+    signals: Signals
+    decisions: tuple[PastDecision, ...] = ()
+    interventions_left: int | None = None
+    losses: int = 1
+    offered: tuple[str, ...] = field(default=())
+
+    @classmethod
+    def build(cls, run_id: str, task: str, scenario: str, history: Iterable[EpochView | dict], hparams: Hyperparams,
+              max_epochs: int, decide_every: int, decisions: Iterable[PastDecision] = (),
+              interventions_left: int | None = None, losses: int = 1, offered: tuple[str, ...] = ()) -> "Snapshot":
+        hist = tuple(h if isinstance(h, EpochView) else EpochView.from_row(h) for h in history)
+        if not hist:
+            raise ValueError("a snapshot needs at least one epoch of history")
+        return cls(run_id, task, scenario, hist[-1].epoch, max_epochs, decide_every, hparams, hist,
+                   compute_signals(hist), tuple(decisions), interventions_left, losses, tuple(offered))
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
+
+    @property
+    def hash(self) -> str:
+        """A short, stable hash of the snapshot's content (for the audit trail)."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+
+    def to_text(self, window: int = WINDOW) -> str:
+        """A compact table for prompts: the last ``window`` epochs, the hyperparameters, signals, options."""
+        hp = self.hparams
+        knobs = f"lr={hp.lr:.4g} weight_decay={hp.weight_decay:.4g} dropout={hp.dropout:.2g}"
+        if hp.aux_loss_weight is not None:
+            knobs += f" aux_loss_weight={hp.aux_loss_weight:.4g}"
+        left = "unlimited" if self.interventions_left is None else str(self.interventions_left)
+        lines = [
+            f"task {self.task} | epoch {self.epoch}/{self.max_epochs} | decisions every {self.decide_every} epochs | interventions left {left}",
+            f"hyperparameters: {knobs}",
+            "epoch  train_loss  val_loss  train_acc  val_acc  grad_norm  update_ratio",
+        ]
+        for h in self.history[-window:]:
+            lines.append(" ".join([f"{h.epoch:5d}", _f(h.train_loss, 11), _f(h.val_loss, 9), _f(h.train_acc, 10),
+                                   _f(h.val_acc, 8), _f(h.grad_norm, 10), _f(h.update_ratio, 13)]))
+        s = self.signals
+        flags = [n for n in ("overfitting", "diverging", "plateau") if getattr(s, n)] or ["none"]
+        lines.append(
+            f"signals: gap {_pct(s.gap)} (trend {_pct(s.gap_trend)}/epoch), train slope {_pct(s.train_slope)}/epoch, "
+            f"val slope {_pct(s.val_slope)}/epoch, best val {_f(s.best_val_loss, 0)} at epoch {s.best_epoch}, "
+            f"val above best {_pct(s.val_rise)}; flags: {', '.join(flags)}"
+        )
+        if self.decisions:
+            past = "; ".join(f"epoch {d.epoch} {d.action} -> val {_pct(d.val_change)}" for d in self.decisions)
+            lines.append(f"past decisions: {past}")
+        if self.offered:
+            lines.append(f"allowed actions: {', '.join(self.offered)}")
+        return "\n".join(lines)
+
+
+def _f(x: float | None, width: int) -> str:
+    s = "-" if x is None else (f"{x:.4g}" if math.isfinite(x) else str(x))
+    return s.rjust(width)
+
+
+def _pct(x: float | None) -> str:
+    return "n/a" if x is None or not math.isfinite(x) else f"{x * 100:+.1f}%"
