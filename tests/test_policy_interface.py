@@ -22,7 +22,7 @@ def snap(hp=None, epoch=10, losses=1, left=None, history=None, decisions=()):
     hp = hp or Hyperparams(lr=0.1, weight_decay=1e-3, dropout=0.2, aux_loss_weight=1.0 if losses > 1 else None)
     history = history or [EpochView(epoch=e, train_loss=2 / (e + 1), val_loss=1.5 / (e + 1) + 0.05 * e, val_acc=0.5,
                                     lr=hp.lr, weight_decay=hp.weight_decay, dropout=hp.dropout) for e in range(epoch + 1)]
-    return Snapshot.build("r", "digits-mlp", "overfit", history, hp, 20, 5, decisions, left, losses)
+    return Snapshot.build("r", "digits-mlp", history, hp, 20, 5, decisions, left, losses)
 
 
 # --- the validator never lets anything out of bounds --------------------------------------------------------------
@@ -115,7 +115,7 @@ def test_snapshot_never_holds_test_metrics(small_library):
         blob = s.to_json() + s.to_text()
         assert "test" not in blob.lower()
     rows = [{"epoch": 0, "val_loss": 1.0, "train_loss": 1.0, "test_loss": 0.1, "test_acc": 0.99}]
-    s = Snapshot.build("r", "t", "s", rows, Hyperparams(lr=0.1), 10, 5)
+    s = Snapshot.build("r", "t", rows, Hyperparams(lr=0.1), 10, 5)
     assert not hasattr(s.history[0], "test_loss") and "test" not in s.to_json()
 
 
@@ -152,7 +152,7 @@ def test_plateau_matches_torch_reduce_lr_on_plateau():
         for e, v in enumerate(losses, start=1):
             lr_now = opt.param_groups[0]["lr"]
             hist.append(EpochView(epoch=e, val_loss=v, train_loss=v, lr=lr_now))
-            s = Snapshot.build("r", "t", "s", hist, Hyperparams(lr=lr_now), 30, 1)
+            s = Snapshot.build("r", "t", hist, Hyperparams(lr=lr_now), 30, 1)
             act, _ = validate(pol.decide(s), s, Bounds())
             sched.step(v)  # torch decides at the end of every epoch; so does the policy here (decide_every = 1)
             assert act.hparams.lr == pytest.approx(opt.param_groups[0]["lr"]), (patience, cooldown, e)
@@ -194,10 +194,10 @@ def test_oracle_reaches_the_best_recorded_leaf(small_library):
 
 def test_rules_policy_lowers_lr_when_overfitting():
     hist = [EpochView(epoch=e, train_loss=1 / (e + 1), val_loss=0.5 + 0.04 * max(e - 3, 0), lr=0.1) for e in range(11)]
-    s = Snapshot.build("r", "t", "s", hist, Hyperparams(lr=0.1), 20, 5)
+    s = Snapshot.build("r", "t", hist, Hyperparams(lr=0.1), 20, 5)
     assert RulesPolicy().decide(s).action == "lr_down"
     flat = [EpochView(epoch=e, train_loss=1.0, val_loss=1.0 - 0.001 * e, lr=0.1) for e in range(11)]
-    assert RulesPolicy().decide(Snapshot.build("r", "t", "s", flat, Hyperparams(lr=0.1), 20, 5)).action == "lr_up"
+    assert RulesPolicy().decide(Snapshot.build("r", "t", flat, Hyperparams(lr=0.1), 20, 5)).action == "lr_up"
 
 
 # --- specs and policy check ---------------------------------------------------------------------------------------

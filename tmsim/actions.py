@@ -15,7 +15,7 @@ Example
 -------
 >>> from tmsim.snapshot import Snapshot, EpochView
 >>> from tmsim.tasks import Hyperparams
->>> snap = Snapshot.build("r", "digits-mlp", "overfit", [EpochView(epoch=5, val_loss=1.0, train_loss=0.5)],
+>>> snap = Snapshot.build("r", "digits-mlp", [EpochView(epoch=5, val_loss=1.0, train_loss=0.5)],
 ...                       Hyperparams(lr=0.2), max_epochs=20, decide_every=5)
 >>> act, violations = validate('{"action": "set_lr", "value": 50}', snap, Bounds())
 >>> act.hparams.lr, violations
@@ -41,8 +41,9 @@ KNOBS = ("lr", "weight_decay", "dropout", "aux_loss_weight")
 VIOLATIONS = ("policy_exception", "timeout", "empty_output", "unparseable", "unknown_action", "missing_value",
               "non_finite_value", "no_effect", "stop_too_early", "budget_exhausted", "cooldown",
               "change_too_large", "out_of_bounds")
-#: Violations after which the proposal is replaced by the safe fallback (``continue``).
-FATAL = frozenset(VIOLATIONS[:10])
+#: Violations after which the proposal is replaced by the safe fallback (``continue``). The two clamp kinds
+#: normally clamp; they too end in the fallback when no move inside both limits exists.
+FATAL = frozenset(VIOLATIONS) - {"change_too_large", "out_of_bounds"}
 
 
 class Proposal(BaseModel):

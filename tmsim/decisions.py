@@ -80,7 +80,7 @@ def _snapshot(run: dict, hist: list[dict], chain: dict[int, str], d: int, bounds
     used = sum(1 for p in past if p.action != "continue")
     left = None if bounds.max_interventions is None else max(bounds.max_interventions - used, 0)
     losses = 2 if run["init_aux_loss_weight"] is not None else 1
-    snap = Snapshot.build(run["run_id"], run["task"], run["scenario"], hist, hp, run["max_epochs"], every, past, left, losses)
+    snap = Snapshot.build(run["run_id"], run["task"], hist, hp, run["max_epochs"], every, past, left, losses)
     return replace(snap, offered=offered_actions(snap, bounds))
 
 

@@ -14,7 +14,7 @@ Example
 >>> from tmsim.snapshot import Snapshot, EpochView
 >>> from tmsim.tasks import Hyperparams
 >>> rows = [EpochView(epoch=e, train_loss=1 / (e + 1), val_loss=0.6 + 0.05 * abs(e - 2), lr=0.1) for e in range(6)]
->>> s = Snapshot.build("demo", "digits-mlp", "overfit", rows, Hyperparams(lr=0.1), max_epochs=20, decide_every=5)
+>>> s = Snapshot.build("demo", "digits-mlp", rows, Hyperparams(lr=0.1), max_epochs=20, decide_every=5)
 >>> s.signals.overfitting
 True
 """
@@ -141,11 +141,15 @@ def compute_signals(history: tuple[EpochView, ...], window: int = WINDOW) -> Sig
 
 @dataclass(frozen=True)
 class Snapshot:
-    """What a policy sees at one decision. Build with ``Snapshot.build``; render with ``to_text``/``to_json``."""
+    """What a policy sees at one decision. Build with ``Snapshot.build``; render with ``to_text``/``to_json``.
+
+    ``run_id`` identifies the decision point for the audit trail and is opaque to policies: it is not shown in
+    ``to_text`` and a policy must not parse it (only the oracle, an upper bound by design, looks runs up by it).
+    The scenario a run was built to show is deliberately not in the snapshot: a manager must read the signals.
+    """
 
     run_id: str
     task: str
-    scenario: str
     epoch: int
     max_epochs: int
     decide_every: int
@@ -158,13 +162,13 @@ class Snapshot:
     offered: tuple[str, ...] = field(default=())
 
     @classmethod
-    def build(cls, run_id: str, task: str, scenario: str, history: Iterable[EpochView | dict], hparams: Hyperparams,
+    def build(cls, run_id: str, task: str, history: Iterable[EpochView | dict], hparams: Hyperparams,
               max_epochs: int, decide_every: int, decisions: Iterable[PastDecision] = (),
               interventions_left: int | None = None, losses: int = 1, offered: tuple[str, ...] = ()) -> "Snapshot":
         hist = tuple(h if isinstance(h, EpochView) else EpochView.from_row(h) for h in history)
         if not hist:
             raise ValueError("a snapshot needs at least one epoch of history")
-        return cls(run_id, task, scenario, hist[-1].epoch, max_epochs, decide_every, hparams, hist,
+        return cls(run_id, task, hist[-1].epoch, max_epochs, decide_every, hparams, hist,
                    compute_signals(hist), tuple(decisions), interventions_left, losses, tuple(offered))
 
     def to_dict(self) -> dict[str, Any]:

@@ -130,6 +130,11 @@ def _import_target(target: str):
     mod, _, attr = target.partition(":")
     if not mod or not attr:
         raise ValueError(f"target {target!r}: expected 'package.module:Name'")
+    import os
+    import sys
+
+    if os.getcwd() not in sys.path:  # like `python -m`: a policy module beside the user's files imports
+        sys.path.insert(0, os.getcwd())
     try:
         obj = importlib.import_module(mod)
         for part in attr.split("."):
