@@ -17,7 +17,7 @@ Example
 >>> from tmsim.tasks import Hyperparams
 >>> snap = Snapshot.build("r", "digits-mlp", [EpochView(epoch=5, val_loss=1.0, train_loss=0.5)],
 ...                       Hyperparams(lr=0.2), max_epochs=20, decide_every=5)
->>> act, violations = validate('{"action": "set_lr", "value": 50}', snap, Bounds())
+>>> act, violations = validate('{"action": "set_lr", "value": 5}', snap, Bounds())
 >>> act.hparams.lr, violations
 (0.8, ['change_too_large'])
 """
