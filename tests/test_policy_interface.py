@@ -284,3 +284,9 @@ def test_validated_actions_applied_to_a_real_run_stay_in_bounds(small_library):
         lr = state.optimizer.param_groups[0]["lr"]
         assert lr == s.hparams.lr or bounds.lr_min <= lr <= bounds.lr_max
         assert all(math.isfinite(g["lr"]) and math.isfinite(g["weight_decay"]) for g in state.optimizer.param_groups)
+
+
+def test_policy_schema_command(capsys):
+    assert main(["policy", "schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    assert "set_lr" in schema["properties"]["action"]["enum"] and "action" in schema["required"]

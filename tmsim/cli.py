@@ -48,6 +48,7 @@ def _cmd_summary(args: argparse.Namespace) -> int:
 def _cmd_policy_check(args: argparse.Namespace) -> int:
     import json
 
+    import pyarrow.compute as pc
     from tqdm import tqdm
 
     from .actions import Bounds
@@ -69,7 +70,7 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
         print()
         if args.audit:
             for task in sorted(set(audit["task"].to_pylist())):
-                part = audit.filter(pa_equal(audit["task"], task))
+                part = audit.filter(pc.equal(audit["task"], task))
                 write_table(part, args.audit / "decisions" / f"task={task}" / f"check-{spec.name}.parquet", "decisions")
         reports.append(report)
     if args.json:
@@ -78,10 +79,13 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
     return 0
 
 
-def pa_equal(col, value):
-    import pyarrow.compute as pc
+def _cmd_policy_schema(args: argparse.Namespace) -> int:
+    import json
 
-    return pc.equal(col, value)
+    from .actions import action_json_schema
+
+    print(json.dumps(action_json_schema(), indent=2))
+    return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -121,6 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
     pc_.add_argument("--audit", type=Path, default=None, help="write every decision as trace rows under DIR/decisions/")
     pc_.add_argument("--quiet", action="store_true")
     pc_.set_defaults(func=_cmd_policy_check)
+    ps = psub.add_parser("schema", help="print the JSON Schema of a policy's proposal")
+    ps.set_defaults(func=_cmd_policy_schema)
     return p
 
 
