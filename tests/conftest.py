@@ -29,3 +29,14 @@ def small_library(tmp_path_factory):
 @pytest.fixture(scope="session")
 def bundled():
     return REPO / "traces"
+
+
+@pytest.fixture(scope="session")
+def deep_library(tmp_path_factory):
+    """Full depth-3 digits-mlp plateau trees, seeds 0-1: every pool policy's path is recorded (for fidelity)."""
+    from tmsim.recorder import record, specs_from_args
+
+    out = tmp_path_factory.mktemp("deep")
+    record(specs_from_args(["digits-mlp"], ["plateau"], [0, 1], depth=3, decide_every=None, budget=None), out,
+           workers=2, show_progress=False)
+    return out

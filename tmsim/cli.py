@@ -88,6 +88,52 @@ def _cmd_policy_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+DEFAULT_SURROGATE = Path("eval/surrogates/default.skops")
+
+
+def _cmd_surrogate_fit(args: argparse.Namespace) -> int:
+    import time
+
+    from .simulator import TreeIndex
+    from .surrogate import Surrogate, segment_data
+    from .trace import load_library
+
+    t0 = time.perf_counter()
+    lib = load_library(args.traces)
+    for p in lib.problems:
+        print(f"tmsim: warning: {p}", file=sys.stderr)
+    sur = Surrogate(n_estimators=args.trees, seed=args.seed).fit(segment_data(TreeIndex(lib)))
+    path = sur.save(args.out)
+    q = sur.q[1:]
+    print(f"surrogate fitted on {sur.info['segments']} segments ({sur.info['rows']} epoch rows, "
+          f"{sur.info['diverged_segments']} diverged) in {time.perf_counter() - t0:.1f} s -> {path}")
+    print(f"80% band of log(val loss) per epoch ahead: " + ", ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in q))
+    return 0
+
+
+def _cmd_fidelity(args: argparse.Namespace) -> int:
+    import json
+
+    from . import fidelity
+    from .simulator import TreeIndex
+    from .trace import load_library
+
+    lib = load_library(args.traces)
+    for p in lib.problems:
+        print(f"tmsim: warning: {p}", file=sys.stderr)
+    index = TreeIndex(lib)
+    if args.task:
+        keep = set(args.task.split(","))
+        index.roots = [r for r in index.roots if index.meta[r]["task"] in keep]
+    cfg = fidelity.FidelityConfig(n_estimators=args.trees, seed=args.seed)
+    report = fidelity.measure(index, cfg, progress=(lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr)))
+    print(fidelity.format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tmsim", description="Record, simulate, score and gate LLM training managers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -127,6 +173,24 @@ def build_parser() -> argparse.ArgumentParser:
     pc_.set_defaults(func=_cmd_policy_check)
     ps = psub.add_parser("schema", help="print the JSON Schema of a policy's proposal")
     ps.set_defaults(func=_cmd_policy_schema)
+
+    sg = sub.add_parser("surrogate", help="the learned counterfactual surrogate")
+    sgsub = sg.add_subparsers(dest="surrogate_command", required=True)
+    sf = sgsub.add_parser("fit", help="fit the surrogate on a trace library and save it (skops, safe to load)")
+    sf.add_argument("--traces", type=Path, default=None)
+    sf.add_argument("--out", type=Path, default=DEFAULT_SURROGATE)
+    sf.add_argument("--trees", type=int, default=80, help="trees per forest")
+    sf.add_argument("--seed", type=int, default=0)
+    sf.set_defaults(func=_cmd_surrogate_fit)
+
+    fd = sub.add_parser("fidelity", help="measure how far the simulator can be trusted, on held-out recordings")
+    fd.add_argument("--traces", type=Path, default=None)
+    fd.add_argument("--task", default=None, help="only roots of these tasks (comma-separated)")
+    fd.add_argument("--json", type=Path, default=None)
+    fd.add_argument("--trees", type=int, default=60, help="trees per forest")
+    fd.add_argument("--seed", type=int, default=0)
+    fd.add_argument("--quiet", action="store_true")
+    fd.set_defaults(func=_cmd_fidelity)
     return p
 
 
@@ -136,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
         args.traces = default_traces()
     try:
         return args.func(args)
-    except (TraceError, ValueError) as exc:
+    except (TraceError, ValueError) as exc:  # SurrogateError is a ValueError too
         print(f"tmsim: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

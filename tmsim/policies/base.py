@@ -7,7 +7,7 @@ optional; ``decide_batch(policy, snapshots)`` falls back to one call per snapsho
 A spec names a kind and its settings::
 
     name = "rules"          # the id shown on leaderboards
-    kind = "rules"          # constant | rules | plateau | random | oracle | python
+    kind = "rules"          # constant | rules | plateau | random | sequence | oracle | python
     version = "1"
     [settings]
     gap_threshold = 0.5
@@ -61,7 +61,7 @@ class PolicySpec(BaseModel):
         return hashlib.sha256(data).hexdigest()
 
 
-KINDS = ("constant", "rules", "plateau", "random", "oracle", "python")
+KINDS = ("constant", "rules", "plateau", "random", "sequence", "oracle", "python")
 
 
 def load_spec(path: str | Path) -> PolicySpec:
@@ -110,6 +110,8 @@ def make_policy(spec: PolicySpec, library=None) -> Policy:
             pol = baselines.PlateauPolicy(**s)
         elif spec.kind == "random":
             pol = baselines.RandomPolicy(**s)
+        elif spec.kind == "sequence":
+            pol = baselines.SequencePolicy(**s)
         elif spec.kind == "oracle":
             if library is None:
                 raise ValueError("the oracle needs a trace library")

@@ -126,6 +126,7 @@ class RandomPolicy:
 
     seed: int = 0
     p_continue: float | None = None
+    actions: list[str] | None = None  # restrict the draw to these actions (e.g. the recorded menu)
     policy_id: str = "random"
     version: str = "1"
 
@@ -133,8 +134,27 @@ class RandomPolicy:
         h = hashlib.sha256(f"{self.seed}:{snapshot.hash}".encode()).digest()
         rng = random.Random(int.from_bytes(h[:8], "big"))
         menu = list(snapshot.offered or ACTIONS)
+        if self.actions is not None:
+            menu = [a for a in menu if a in self.actions] or ["continue"]
         if self.p_continue is not None:
             if rng.random() < self.p_continue or menu == ["continue"]:
                 return Proposal(action="continue")
             menu = [a for a in menu if a != "continue"]
         return Proposal(action=rng.choice(menu))
+
+
+@dataclass
+class SequencePolicy:
+    """A fixed action per decision: ``actions[i]`` at the i-th decision epoch (``continue`` after the list ends).
+
+    A simple, fully transparent policy family: the fidelity pool uses many of them to check that the simulator
+    ranks interventions the way the real recordings do.
+    """
+
+    actions: list[str]
+    policy_id: str = "sequence"
+    version: str = "1"
+
+    def decide(self, snapshot: Snapshot) -> Proposal:
+        i = snapshot.epoch // snapshot.decide_every - 1
+        return Proposal(action=self.actions[i] if 0 <= i < len(self.actions) else "continue")

@@ -1,0 +1,387 @@
+"""The counterfactual simulator: exact replay on recorded branches, the learned surrogate beyond them.
+
+A rollout starts at a recorded root with the root's epochs up to the first decision. At each decision epoch the
+policy sees the snapshot, the validator turns its proposal into an action, and:
+
+- if the rollout is still on the recorded tree and the tree holds that action there (the same action name *and*
+  the same hyperparameters, so a clamped value is not mistaken for the recorded one), the next segment is the
+  real recording (**replayed**);
+- otherwise the surrogate predicts the next segment (**surrogate**), and the rollout stays on the surrogate;
+- ``stop`` ends the rollout at that epoch.
+
+Every simulated epoch row carries its ``source``; every rollout its replayed share. Rollouts of all roots advance
+together, one decision step at a time: the policy's batched form is called once per step and the surrogate
+predicts all off-tree segments of a step in one call.
+
+A diverged run's final validation loss counts as ``DIVERGE_FACTOR`` times its initial validation loss (the
+threshold it crossed), the same in replay and in truth, so scores stay finite and comparable.
+
+Example
+-------
+>>> from tmsim.trace import load_library                                     # doctest: +SKIP
+>>> from tmsim.policies import RulesPolicy
+>>> sim = Simulator(load_library("traces"))
+>>> rollouts = sim.rollout(RulesPolicy())
+>>> rollouts[0].final_val_loss, rollouts[0].replayed_share
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections import Counter, defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .actions import Bounds, PolicyFailure, ValidatedAction, validate
+from .decisions import _snapshot, call_with_timeout
+from .query import TraceDB
+from .recorder import DIVERGE_FACTOR
+from .snapshot import EpochView
+from .surrogate import FEATURES, Surrogate, action_features, state_features
+from .tasks.base import Hyperparams
+from .trace import Library
+
+_ROW_FIELDS = list(EpochView.__dataclass_fields__) + ["diverged"]
+
+
+class TreeIndex:
+    """The library's trees in memory: run metadata, each run's full lineage by epoch, children by (epoch, action)."""
+
+    def __init__(self, library: Library):
+        with TraceDB(library) as db:
+            runs = db.sql("""select run_id, parent_run_id, root_run_id, task, scenario, seed, branch_epoch, branch_action,
+                                    status, end_epoch, max_epochs, decide_every, init_lr, init_weight_decay,
+                                    init_dropout, init_aux_loss_weight from runs""").to_pylist()
+            own = db.sql(f"select run_id, {', '.join(_ROW_FIELDS)}, wall_time_s from epochs order by run_id, epoch")
+        self.meta: dict[str, dict] = {}
+        self.children: dict[str, dict[tuple[int, str], str]] = defaultdict(dict)
+        for r in runs:
+            r["hp_init"] = Hyperparams(r["init_lr"], r["init_weight_decay"], r["init_dropout"], r["init_aux_loss_weight"])
+            r["n_losses"] = 2 if r["init_aux_loss_weight"] is not None else 1
+            self.meta[r["run_id"]] = r
+            if r["parent_run_id"] is not None:
+                self.children[r["parent_run_id"]][(r["branch_epoch"], r["branch_action"])] = r["run_id"]
+        self.own: dict[str, dict[int, dict]] = defaultdict(dict)
+        self.wall_time_s = 0.0
+        for row in own.to_pylist():
+            self.own[row.pop("run_id")][row["epoch"]] = row
+            self.wall_time_s += row.pop("wall_time_s") or 0.0
+        self._lineage: dict[str, dict[int, dict]] = {}
+        self.roots = sorted(r for r, m in self.meta.items() if m["parent_run_id"] is None)
+
+    @property
+    def lineage(self) -> "TreeIndex":
+        return self  # ``index.lineage[rid]`` reads like the SQL view
+
+    def __getitem__(self, rid: str) -> dict[int, dict]:
+        """{epoch: row} of the run's full history (ancestors up to each branch epoch, then its own epochs)."""
+        if rid not in self._lineage:
+            m = self.meta[rid]
+            if m["parent_run_id"] is None:
+                rows = dict(self.own.get(rid, {}))
+            else:
+                parent = self[m["parent_run_id"]]
+                rows = {e: r for e, r in parent.items() if e <= m["branch_epoch"]}
+                rows.update(self.own.get(rid, {}))
+            self._lineage[rid] = rows
+        return self._lineage[rid]
+
+    def hparams_at(self, rid: str, epoch: int) -> Hyperparams | None:
+        r = self[rid].get(epoch)
+        if r is None:
+            return None
+        return Hyperparams(r["lr"], r["weight_decay"], r["dropout"], r["aux_loss_weight"])
+
+    def final_val_loss(self, rid: str) -> float:
+        """The recorded final validation loss (diverged: the divergence penalty)."""
+        rows = self[rid]
+        if self.meta[rid]["status"] == "diverged":
+            return DIVERGE_FACTOR * rows[0]["val_loss"]
+        return rows[max(rows)]["val_loss"]
+
+
+@dataclass
+class Rollout:
+    """One policy's simulated run from one root."""
+
+    root: str
+    task: str
+    scenario: str
+    seed: int
+    policy_id: str
+    epochs: list[dict] = field(default_factory=list)
+    decisions: list[dict] = field(default_factory=list)
+    node: str | None = None  # the recorded run the rollout is on (None once off the tree)
+    hparams: Hyperparams | None = None
+    chain: dict[int, str] = field(default_factory=dict)
+    done: bool = False
+    diverged: bool = False
+    stopped_at: int | None = None
+    surrogate_segments: int = 0
+    band: tuple[float, float] | None = None
+    truncated: bool = False  # left the recorded tree with ``on_off_tree="truncate"``: no final value
+    p_diverged: float = 0.0  # the surrogate's probability that the run diverged along the way (0 when replayed)
+
+    @property
+    def final_val_loss(self) -> float:
+        """The final validation loss; a diverged run scores the divergence penalty (``DIVERGE_FACTOR`` times its
+        initial validation loss). The surrogate calls a segment diverged when its probability reaches one half;
+        ``p_diverged`` keeps the accumulated probability for safety scores."""
+        if self.diverged:
+            return DIVERGE_FACTOR * self.epochs[0]["val_loss"]
+        return self.epochs[-1]["val_loss"]
+
+    @property
+    def best_val_loss(self) -> float:
+        return min(r["val_loss"] for r in self.epochs if r["val_loss"] is not None)
+
+    @property
+    def replayed_share(self) -> float:
+        trained = [r for r in self.epochs if r["epoch"] > 0]
+        return sum(r["source"] == "replayed" for r in trained) / len(trained) if trained else 1.0
+
+    @property
+    def interventions(self) -> int:
+        return sum(1 for d in self.decisions if d["action"] != "continue")
+
+    @property
+    def off_tree(self) -> bool:
+        return self.node is None
+
+    def final_epoch(self) -> int:
+        return self.epochs[-1]["epoch"]
+
+
+class Simulator:
+    """Replay on recorded branches, surrogate beyond them.
+
+    ``replay=False`` hides the trees: only each root's first segment (up to the first decision) is read from the
+    library and everything after it comes from the surrogate (used to measure fidelity on held-out trees).
+    ``on_off_tree="truncate"`` ends a rollout that leaves the recorded tree instead of predicting it, and marks it
+    ``truncated`` (exact replay only, as the truth of a fidelity measurement).
+    """
+
+    def __init__(self, library: Library | TreeIndex, surrogate: Surrogate | None = None, bounds: Bounds | None = None,
+                 replay: bool = True, on_off_tree: str = "surrogate"):
+        if on_off_tree not in ("surrogate", "truncate"):
+            raise ValueError("on_off_tree must be 'surrogate' or 'truncate'")
+        self.on_off_tree = on_off_tree
+        self.index = library if isinstance(library, TreeIndex) else TreeIndex(library)
+        self.surrogate = surrogate
+        self.bounds = bounds or Bounds()
+        self.replay = replay
+        self._snap_cache: dict[tuple[str, int], Any] = {}
+
+    def roots(self, tasks=None, scenarios=None, seeds=None) -> list[str]:
+        out = []
+        for r in self.index.roots:
+            m = self.index.meta[r]
+            if (tasks is None or m["task"] in tasks) and (scenarios is None or m["scenario"] in scenarios) \
+                    and (seeds is None or m["seed"] in seeds):
+                out.append(r)
+        return out
+
+    # --- the rollout loop -------------------------------------------------------------------------------------
+    def rollout(self, policy, roots: list[str] | None = None, timeout: float | None = None) -> list[Rollout]:
+        """Roll ``policy`` out from every root (default: all roots of the library); returns one ``Rollout`` each."""
+        roots = self.roots() if roots is None else roots
+        outs = [self._start(policy, r) for r in roots]
+        step = 1
+        while True:
+            active = [o for o in outs if not o.done]
+            if not active:
+                return outs
+            due = [o for o in active if o.final_epoch() == step * self.index.meta[o.root]["decide_every"]
+                   and o.final_epoch() < self.index.meta[o.root]["max_epochs"]]
+            if due:
+                self._decide(policy, due, timeout)
+            self._advance([o for o in active if not o.done], step)
+            step += 1
+
+    def _start(self, policy, root: str) -> Rollout:
+        m = self.index.meta[root]
+        rows = self.index[root]
+        first = m["decide_every"]
+        o = Rollout(root, m["task"], m["scenario"], m["seed"], policy.policy_id, node=root, hparams=m["hp_init"])
+        for e in range(0, min(first, m["max_epochs"]) + 1):
+            if e not in rows:
+                break
+            o.epochs.append({**rows[e], "source": "replayed"})
+            if rows[e]["diverged"]:
+                o.diverged = o.done = True
+                break
+        if not self.replay:
+            o.node = None
+        return o
+
+    def _snapshot_for(self, o: Rollout, d: int):
+        m = self.index.meta[o.root]
+        key = (o.node, d)
+        if o.node is not None and key in self._snap_cache:
+            return self._snap_cache[key]
+        run = {"run_id": o.node or f"{o.root}~sim", "task": m["task"], "scenario": m["scenario"],
+               "decide_every": m["decide_every"], "max_epochs": m["max_epochs"], "init_aux_loss_weight": m["init_aux_loss_weight"]}
+        snap = _snapshot(run, o.epochs, o.chain, d, self.bounds)
+        if o.node is not None:
+            self._snap_cache[key] = snap
+        return snap
+
+    def _decide(self, policy, due: list[Rollout], timeout: float | None) -> None:
+        snaps = [self._snapshot_for(o, o.final_epoch()) for o in due]
+        raws, lat = self._call(policy, snaps, timeout)
+        for o, snap, raw, ms in zip(due, snaps, raws, lat):
+            act, violations = validate(raw, snap, self.bounds)
+            d = snap.epoch
+            o.decisions.append({"epoch": d, "action": act.action, "violations": violations, "source": act.source,
+                                "latency_ms": ms, "snapshot_hash": snap.hash, "applied": act})
+            o.chain[d] = act.action if act.intervenes else "continue"
+            self._apply(o, act, d)
+
+    def _call(self, policy, snaps, timeout):
+        """Outputs and per-decision latencies; batched when possible, one failing call never sinks the batch."""
+        if timeout is None:
+            fn = getattr(policy, "decide_batch", None)
+            if fn is not None:
+                t0 = time.perf_counter()
+                try:
+                    raws = list(fn(snaps))
+                    if len(raws) == len(snaps):
+                        ms = (time.perf_counter() - t0) * 1000 / max(len(snaps), 1)
+                        return raws, [ms] * len(snaps)
+                except Exception:
+                    pass  # isolate the failure below, one call at a time
+            raws, lat = [], []
+            for s in snaps:
+                t0 = time.perf_counter()
+                try:
+                    raws.append(policy.decide(s))
+                except Exception as exc:
+                    raws.append(PolicyFailure("policy_exception", f"{type(exc).__name__}: {exc}"))
+                lat.append((time.perf_counter() - t0) * 1000)
+            return raws, lat
+        pairs = [call_with_timeout(lambda s=s: policy.decide(s), timeout) for s in snaps]
+        return [p[0] for p in pairs], [p[1] for p in pairs]
+
+    def _apply(self, o: Rollout, act: ValidatedAction, d: int) -> None:
+        if act.stop:
+            o.stopped_at, o.done = d, True
+            return
+        if o.node is not None and act.intervenes:
+            child = self.index.children.get(o.node, {}).get((d, act.action))
+            if child is None or self.index.hparams_at(child, d + 1) != act.hparams:
+                o.node = None  # off the recorded tree from here on
+            else:
+                o.node = child
+        o.hparams = act.hparams
+
+    def _advance(self, active: list[Rollout], step: int) -> None:
+        """Extend every active rollout to its next decision epoch (or the end): replay or surrogate."""
+        need_model = []
+        for o in active:
+            m = self.index.meta[o.root]
+            d = o.final_epoch()
+            nxt = min((d // m["decide_every"] + 1) * m["decide_every"], m["max_epochs"])
+            if d >= m["max_epochs"]:
+                o.done = True
+                continue
+            if o.node is not None:
+                rows = self.index[o.node]
+                for e in range(d + 1, nxt + 1):
+                    r = rows.get(e)
+                    if r is None:  # the recording ends early only when it diverged
+                        o.diverged = o.done = True
+                        break
+                    o.epochs.append({**r, "source": "replayed"})
+                    if r["diverged"]:
+                        o.diverged = o.done = True
+                        break
+            else:
+                need_model.append((o, d, nxt))
+            if not o.done and o.final_epoch() >= m["max_epochs"]:
+                o.done = True
+        if need_model:
+            self._predict(need_model)
+
+    def _predict(self, items: list[tuple[Rollout, int, int]]) -> None:
+        if self.on_off_tree == "truncate":
+            for o, _, _ in items:
+                o.truncated = o.done = True
+            return
+        if self.surrogate is None:
+            raise ValueError("a rollout left the recorded tree and no surrogate is loaded (run `tmsim surrogate fit`)")
+        X, Xs, owners = [], [], []
+        for i, (o, d, nxt) in enumerate(items):
+            m = self.index.meta[o.root]
+            prev_hp = self._hp_in_force(o)
+            sf = state_features(o.epochs, prev_hp, m["hp_init"], m["max_epochs"], m["n_losses"])
+            af = action_features(prev_hp, o.hparams)
+            for k in range(1, nxt - d + 1):
+                X.append(sf + af + [k, (d + k) / m["max_epochs"]])
+                owners.append((i, k))
+            Xs.append(sf + af + [nxt - d, nxt / m["max_epochs"]])
+        X = np.asarray(X, float)
+        Y = self.surrogate.predict(X)
+        q = self.surrogate.band(X[:, FEATURES.index("k")])
+        p_div = self.surrogate.p_diverge(np.asarray(Xs, float))
+        base = {i: dict(o.epochs[-1]) for i, (o, _, _) in enumerate(items)}
+        for (i, k), y, (qlo, qhi) in zip(owners, Y, q):
+            o, d, nxt = items[i]
+            b = base[i]
+            hp = o.hparams
+            val = b["val_loss"] * math.exp(y[0])
+            o.epochs.append({
+                "epoch": d + k, "train_loss": b["train_loss"] * math.exp(y[1]), "val_loss": val,
+                "train_acc": _clip01(b["train_acc"], y[3]), "val_acc": _clip01(b["val_acc"], y[2]),
+                "grad_norm": None, "update_ratio": None, "lr": hp.lr, "weight_decay": hp.weight_decay,
+                "dropout": hp.dropout, "aux_loss_weight": hp.aux_loss_weight, "diverged": False, "source": "surrogate",
+                "val_lo": b["val_loss"] * math.exp(y[0] + qlo), "val_hi": b["val_loss"] * math.exp(y[0] + qhi),
+            })
+        for i, (o, d, nxt) in enumerate(items):
+            o.surrogate_segments += 1
+            o.p_diverged = 1 - (1 - o.p_diverged) * (1 - float(p_div[i]))
+            if p_div[i] >= 0.5:
+                o.epochs[-1]["diverged"] = True
+                o.diverged = o.done = True
+            last = o.epochs[-1]
+            # Bands of successive segments compound; treated as independent, their log-widths add in quadrature.
+            lo, hi = math.log(last["val_lo"] / last["val_loss"]), math.log(last["val_hi"] / last["val_loss"])
+            if o.band is not None:
+                plo, phi = o.band
+                lo, hi = -math.hypot(lo, plo), math.hypot(hi, phi)
+            o.band = (lo, hi)
+
+    def _hp_in_force(self, o: Rollout) -> Hyperparams:
+        """The hyperparameters of the last epoch trained (before the action just validated)."""
+        r = o.epochs[-1]
+        return Hyperparams(r["lr"], r["weight_decay"], r["dropout"], r["aux_loss_weight"])
+
+
+def _clip01(base: float | None, delta: float) -> float | None:
+    return None if base is None else min(max(base + float(delta), 0.0), 1.0)
+
+
+def final_band(o: Rollout) -> tuple[float, float] | None:
+    """The 80% band of a rollout's final validation loss (None when it was fully replayed)."""
+    if o.band is None or o.diverged:
+        return None
+    v = o.final_val_loss
+    return v * math.exp(o.band[0]), v * math.exp(o.band[1])
+
+
+def summarize_rollouts(rollouts: list[Rollout]) -> dict:
+    """Counts every score needs: decisions, violations by kind, fallbacks, latencies, replayed share."""
+    viol, n, fb, lat = Counter(), 0, 0, []
+    for o in rollouts:
+        for d in o.decisions:
+            n += 1
+            viol.update(d["violations"])
+            fb += d["source"] == "fallback"
+            lat.append(d["latency_ms"])
+    epochs = sum(len([r for r in o.epochs if r["epoch"] > 0]) for o in rollouts)
+    replayed = sum(sum(r["source"] == "replayed" for r in o.epochs if r["epoch"] > 0) for o in rollouts)
+    return {"decisions": n, "violations": dict(viol), "fallback_rate": fb / n if n else 0.0,
+            "latency_ms_p50": float(np.percentile(lat, 50)) if lat else 0.0,
+            "latency_ms_p95": float(np.percentile(lat, 95)) if lat else 0.0,
+            "epochs": epochs, "replayed_share": replayed / epochs if epochs else 1.0}

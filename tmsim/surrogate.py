@@ -1,0 +1,316 @@
+"""The counterfactual surrogate: what the next segment of a run would look like after an action, learned from trees.
+
+Each training example is one recorded *segment*: the state of a run at a decision epoch ``d`` (its history), the
+hyperparameters before and after the action taken there, and the epochs ``d+1 .. d+L`` that followed. Every
+recorded branch and every do-nothing continuation in the library is one. Features are relative so they transfer
+across tasks and loss scales: epoch fractions, log-ratios of the losses to their initial and best values, the
+train/val gap, slopes of log loss, log-ratios of each knob to its initial value and across the action, and the
+horizon ``k``. Targets are per-epoch log-ratios to the losses at ``d`` (and accuracy deltas), so a prediction is
+"how much better or worse than now".
+
+Models (scikit-learn): an ``ExtraTreesRegressor`` for the per-epoch targets (one row per horizon ``k``) and an
+``ExtraTreesClassifier`` for the probability that the segment diverges. The 80% band comes from out-of-fold
+residual quantiles per horizon (split by seed, so the band is calibrated on unseen runs): ``exp(pred + q10)`` to
+``exp(pred + q90)`` times the current loss.
+
+Saving uses skops (``.skops``), and loading passes an explicit list of trusted types: a file holding any other
+type, or one that is not a skops archive, is refused with a clear error and nothing in it is executed.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .tasks.base import Hyperparams
+
+WINDOW = 5
+STATE_NAMES = ["frac_epoch", "log_val_over_init", "log_train_over_init", "log_val_over_best", "log_gap",
+               "val_slope", "train_slope", "val_acc",
+               "frac_since_best", "log_lr_over_init", "log_wd", "dropout", "log_aux", "n_losses"]
+ACTION_NAMES = ["dlog_lr", "dlog_wd", "d_dropout", "dlog_aux"]
+HORIZON_NAMES = ["k", "frac_after"]
+FEATURES = STATE_NAMES + ACTION_NAMES + HORIZON_NAMES
+TARGETS = ["dlog_val", "dlog_train", "d_val_acc", "d_train_acc"]
+_WD_EPS = 1e-5
+
+
+_ACTION_COLS = [len(STATE_NAMES) + i for i in range(len(ACTION_NAMES))]
+
+
+def _no_action(X: np.ndarray) -> np.ndarray:
+    """``X`` with the action features zeroed: the do-nothing counterpart of each row."""
+    X = X.copy()
+    X[:, _ACTION_COLS] = 0.0
+    return X
+
+
+def _serial(model):
+    """Predict on one thread: a forest's threaded predict sums trees in a varying order, and the simulator must
+    give the same numbers every time (fitting stays parallel: each tree is deterministic on its own)."""
+    if model is not None:
+        model.set_params(n_jobs=1)
+    return model
+
+
+class SurrogateError(ValueError):
+    """A surrogate file that cannot be used; the message names the file and why."""
+
+
+def _log(x: float | None, default: float = 0.0) -> float:
+    return math.log(x) if x is not None and x > 0 and math.isfinite(x) else default
+
+
+def _slope(ys: list[float]) -> float:
+    n = len(ys)
+    if n < 2:
+        return 0.0
+    xs = np.arange(n, dtype=float)
+    return float(np.polyfit(xs, np.asarray(ys, dtype=float), 1)[0])
+
+
+def state_features(hist: list[dict], hp: Hyperparams, hp_init: Hyperparams, max_epochs: int, n_losses: int) -> list[float]:
+    """Relative features of a run's state at its last epoch (``hist`` rows carry train/val loss and acc)."""
+    first, last = hist[0], hist[-1]
+    d = last["epoch"]
+    v0, t0 = first["val_loss"], first["train_loss"]
+    vd, td = last["val_loss"], last["train_loss"]
+    vals = [(h["epoch"], h["val_loss"]) for h in hist if h["val_loss"] is not None]
+    best_epoch, best = min(vals, key=lambda p: p[1])
+    win = [h for h in hist[-(WINDOW + 1):] if h["val_loss"] and h["train_loss"]]
+    return [
+        d / max_epochs, _log(vd / v0), _log(td / t0), _log(vd / best), _log(vd / td),
+        _slope([_log(h["val_loss"]) for h in win]), _slope([_log(h["train_loss"]) for h in win]),
+        last.get("val_acc") if last.get("val_acc") is not None else -1.0, (d - best_epoch) / max_epochs,
+        _log(hp.lr / hp_init.lr), math.log10(hp.weight_decay + _WD_EPS), hp.dropout,
+        _log(hp.aux_loss_weight) if hp.aux_loss_weight is not None else 0.0, float(n_losses),
+    ]
+
+
+def action_features(old: Hyperparams, new: Hyperparams) -> list[float]:
+    aux = _log(new.aux_loss_weight / old.aux_loss_weight) if old.aux_loss_weight and new.aux_loss_weight else 0.0
+    return [_log(new.lr / old.lr), math.log10(new.weight_decay + _WD_EPS) - math.log10(old.weight_decay + _WD_EPS),
+            new.dropout - old.dropout, aux]
+
+
+@dataclass
+class SegmentData:
+    """Training rows: ``X`` (one row per segment epoch), ``Y`` targets, ``E`` the same targets minus those of the
+    do-nothing continuation from the same fork (NaN where that pair is missing), ``cont`` (row is a do-nothing
+    segment), ``groups`` (tree id, for splitting), and per-segment ``Xs``/``div`` for the divergence classifier."""
+
+    X: np.ndarray
+    Y: np.ndarray
+    E: np.ndarray
+    cont: np.ndarray
+    groups: np.ndarray
+    Xs: np.ndarray
+    div: np.ndarray
+
+
+def _targets(r: dict, base: dict) -> list[float]:
+    return [math.log(r["val_loss"] / base["val_loss"]), math.log(r["train_loss"] / base["train_loss"]),
+            (r["val_acc"] or 0.0) - (base["val_acc"] or 0.0), (r["train_acc"] or 0.0) - (base["train_acc"] or 0.0)]
+
+
+def segment_data(index, run_filter=None) -> SegmentData:
+    """Every recorded segment of a ``tmsim.simulator.TreeIndex`` (optionally only trees passing ``run_filter``).
+
+    Branches forked from the same state share their minibatches and dropout masks (the recorder restores the RNGs),
+    so the difference between a branch and its do-nothing sibling is the action's effect with little sampling
+    noise: ``E`` holds it, and the surrogate learns it separately from the do-nothing trajectory.
+    """
+    X, Y, E, C, G, Xs, div = [], [], [], [], [], [], []
+    for rid, meta in index.meta.items():
+        if run_filter is not None and not run_filter(meta):
+            continue
+        rows = index.lineage[rid]
+        start = meta["branch_epoch"] or 0
+        every, E_ = meta["decide_every"], meta["max_epochs"]
+        for d in range(every, E_, every):
+            if d <= start or d not in rows or rows[d]["val_loss"] is None:
+                continue
+            hist = [rows[e] for e in range(0, d + 1)]
+            now = hist[-1]
+            hp = index.hparams_at(rid, d)
+            sf = state_features(hist, hp, meta["hp_init"], E_, meta["n_losses"])
+            nxt = min(d + every, E_)
+            cont = {}
+            for k in range(1, nxt - d + 1):
+                r = rows.get(d + k)
+                if r is None or r["diverged"] or r["val_loss"] is None or r["train_loss"] is None:
+                    break
+                cont[k] = _targets(r, now)
+            targets = [(rid, hp)] + [(c, index.hparams_at(c, d + 1)) for (dd, a), c in index.children.get(rid, {}).items()
+                                     if dd == d and a != "stop"]
+            for target, hp_new in targets:
+                if hp_new is None:
+                    continue
+                trows = index.lineage[target]
+                af = action_features(hp, hp_new)
+                diverged = False
+                for k in range(1, nxt - d + 1):
+                    r = trows.get(d + k)
+                    if r is None or r["diverged"] or r["val_loss"] is None or r["train_loss"] is None:
+                        diverged = r is not None and bool(r["diverged"])
+                        break
+                    y = _targets(r, now)
+                    X.append(sf + af + [k, (d + k) / E_])
+                    Y.append(y)
+                    E.append([a - b for a, b in zip(y, cont[k])] if k in cont else [math.nan] * 4)
+                    C.append(target == rid)
+                    G.append(meta["root_run_id"])
+                Xs.append(sf + af + [nxt - d, nxt / E_])
+                div.append(diverged)
+    return SegmentData(np.asarray(X, float), np.asarray(Y, float), np.asarray(E, float), np.asarray(C, bool),
+                       np.asarray(G), np.asarray(Xs, float), np.asarray(div, bool))
+
+
+class Surrogate:
+    """Predicts the next segment's per-epoch losses, an 80% band, and the probability of divergence."""
+
+    def __init__(self, n_estimators: int = 80, min_samples_leaf: int = 5, max_samples: float | None = 0.5, seed: int = 0):
+        self.params = dict(n_estimators=n_estimators, min_samples_leaf=min_samples_leaf, max_samples=max_samples, seed=seed)
+        self.base = self.effect = self.clf = None
+        self.q = None  # (max_k + 1, 2): residual quantiles of dlog_val per horizon
+        self.info: dict = {}
+
+    def _models(self):
+        from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
+
+        p = self.params
+        common = dict(n_estimators=p["n_estimators"], min_samples_leaf=p["min_samples_leaf"], random_state=p["seed"],
+                      n_jobs=-1, bootstrap=p["max_samples"] is not None, max_samples=p["max_samples"], max_features=0.6)
+        return ExtraTreesRegressor(**common), ExtraTreesClassifier(**common)
+
+    def fit(self, data: SegmentData, calibrate: bool = True) -> "Surrogate":
+        """Fit the do-nothing model on do-nothing segments, the effect model on paired differences, and the
+        divergence classifier on all segments; then calibrate the band out of fold."""
+        if len(data.X) == 0 or not data.cont.any():
+            raise ValueError("no recorded segments to fit the surrogate on")
+        self.base, self.effect, self.clf = self._fit_models(data, self.params["n_estimators"])
+        kmax = int(data.X[:, FEATURES.index("k")].max())
+        self.q = np.tile([-0.1, 0.1], (kmax + 1, 1))
+        if calibrate:
+            self.q = self._calibrate(data, kmax)
+        self.info = {"rows": int(len(data.X)), "segments": int(len(data.Xs)), "diverged_segments": int(data.div.sum()),
+                     "trees": int(len(set(data.groups.tolist())))}
+        return self
+
+    def _fit_models(self, data: SegmentData, n_estimators: int):
+        base, effect = self._models()[0], self._models()[0]
+        clf = self._models()[1]
+        for m in (base, effect, clf):
+            m.set_params(n_estimators=n_estimators)
+        base.fit(_no_action(data.X[data.cont]), data.Y[data.cont])
+        paired = ~np.isnan(data.E).any(axis=1)
+        effect.fit(data.X[paired], data.E[paired])
+        if data.div.any():
+            clf.fit(data.Xs, data.div)
+        else:
+            clf = None
+        return tuple(_serial(m) for m in (base, effect, clf))
+
+    def _calibrate(self, data: SegmentData, kmax: int) -> np.ndarray:
+        """Out-of-fold residual quantiles of dlog_val per horizon, folds split by tree (unseen runs)."""
+        from sklearn.model_selection import GroupKFold
+
+        groups = data.groups
+        n_folds = min(4, len(set(groups.tolist())))
+        resid = np.full(len(data.X), np.nan)
+        if n_folds >= 2:
+            for tr, te in GroupKFold(n_splits=n_folds).split(data.X, groups=groups):
+                sub = SegmentData(data.X[tr], data.Y[tr], data.E[tr], data.cont[tr], groups[tr], data.Xs[:0], data.div[:0])
+                if not sub.cont.any():
+                    continue
+                base, effect, _ = self._fit_models(sub, max(20, self.params["n_estimators"] // 3))
+                pred = base.predict(_no_action(data.X[te])) + effect.predict(data.X[te])
+                resid[te] = data.Y[te, 0] - pred[:, 0]
+        k = data.X[:, FEATURES.index("k")].astype(int)
+        q = np.zeros((kmax + 1, 2))
+        for h in range(1, kmax + 1):
+            r = resid[(k == h) & ~np.isnan(resid)]
+            q[h] = np.quantile(r, [0.1, 0.9]) if len(r) else (-0.1, 0.1)
+        q[0] = q[1]
+        return q
+
+    def predict(self, X: np.ndarray) -> np.ndarray:
+        """Targets (``TARGETS`` order) for feature rows ``X``: the do-nothing trajectory plus the action's effect."""
+        return self.base.predict(_no_action(X)) + self.effect.predict(X)
+
+    def band(self, k: np.ndarray) -> np.ndarray:
+        """(n, 2) residual quantiles of ``dlog_val`` for horizons ``k`` (beyond the fitted ones: the last)."""
+        idx = np.clip(k.astype(int), 0, len(self.q) - 1)
+        return self.q[idx]
+
+    def p_diverge(self, Xs: np.ndarray) -> np.ndarray:
+        if self.clf is None or len(Xs) == 0:
+            return np.zeros(len(Xs))
+        proba = self.clf.predict_proba(Xs)
+        return proba[:, list(self.clf.classes_).index(True)] if True in self.clf.classes_ else np.zeros(len(Xs))
+
+    # --- safe persistence ---------------------------------------------------------------------------------------
+    def save(self, path: str | Path) -> Path:
+        import skops.io as sio
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        state = {"format": "tmsim-surrogate-1", "params": json.dumps(self.params), "info": json.dumps(self.info),
+                 "features": json.dumps(FEATURES), "targets": json.dumps(TARGETS),
+                 "base": self.base, "effect": self.effect, "clf": self.clf, "q": self.q}
+        tmp = path.with_name(f".{path.name}.tmp")
+        sio.dump(state, tmp)
+        tmp.replace(path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> "Surrogate":
+        """Load a saved surrogate, trusting only the types a surrogate is made of."""
+        import skops.io as sio
+
+        path = Path(path)
+        if not path.exists():
+            raise SurrogateError(f"{path}: surrogate file not found (run `tmsim surrogate fit`)")
+        try:
+            found = set(sio.get_untrusted_types(file=path))
+        except Exception as exc:
+            raise SurrogateError(f"{path}: not a readable surrogate file ({type(exc).__name__}: {exc})") from None
+        untrusted = sorted(t for t in found if t not in TRUSTED_TYPES)
+        if untrusted:
+            raise SurrogateError(f"{path}: refuses to load unexpected type(s) {untrusted}")
+        try:
+            state = sio.load(path, trusted=sorted(found))
+        except Exception as exc:
+            raise SurrogateError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
+        from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
+
+        if not isinstance(state, dict) or state.get("format") != "tmsim-surrogate-1":
+            raise SurrogateError(f"{path}: field 'format' is not 'tmsim-surrogate-1'")
+        expect = {"base": ExtraTreesRegressor, "effect": ExtraTreesRegressor, "clf": (ExtraTreesClassifier, type(None)),
+                  "q": np.ndarray, "params": str, "info": str, "features": str}
+        for key, typ in expect.items():
+            if key not in state or not isinstance(state[key], typ):
+                raise SurrogateError(f"{path}: field {key!r} is missing or of the wrong type")
+        if json.loads(state["features"]) != FEATURES:
+            raise SurrogateError(f"{path}: field 'features' does not match this tmsim; refit the surrogate")
+        s = cls(**json.loads(state["params"]))
+        s.base, s.effect, s.clf = (_serial(state[k]) for k in ("base", "effect", "clf"))
+        s.q, s.info = np.asarray(state["q"]), json.loads(state["info"])
+        return s
+
+    def digest(self, path: str | Path) -> str:
+        return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+#: The only types a surrogate file may contain (checked before anything is loaded).
+TRUSTED_TYPES = {
+    "sklearn.ensemble._forest.ExtraTreesRegressor", "sklearn.ensemble._forest.ExtraTreesClassifier",
+    "sklearn.tree._classes.ExtraTreeRegressor", "sklearn.tree._classes.ExtraTreeClassifier",
+    "sklearn.tree._tree.Tree", "builtins.slice", "numpy.dtype", "numpy.ndarray", "numpy.float64", "numpy.int64",
+    "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937", "numpy.random._pickle.__randomstate_ctor",
+    "numpy.random._pickle.__bit_generator_ctor",
+}
