@@ -64,10 +64,8 @@ class TreeIndex:
             if r["parent_run_id"] is not None:
                 self.children[r["parent_run_id"]][(r["branch_epoch"], r["branch_action"])] = r["run_id"]
         self.own: dict[str, dict[int, dict]] = defaultdict(dict)
-        self.wall_time_s = 0.0
         for row in own.to_pylist():
             self.own[row.pop("run_id")][row["epoch"]] = row
-            self.wall_time_s += row.pop("wall_time_s") or 0.0
         self._lineage: dict[str, dict[int, dict]] = {}
         self.roots = sorted(r for r, m in self.meta.items() if m["parent_run_id"] is None)
 

@@ -24,6 +24,7 @@ import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
+from functools import cached_property
 from typing import Any, Iterable
 
 from .tasks.base import Hyperparams
@@ -58,6 +59,9 @@ class EpochView:
         """Keep only the fields a policy may see; everything else in ``row`` (test metrics included) is dropped."""
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in row.items() if k in names})
+
+
+_VIEW_FIELDS = tuple(f.name for f in fields(EpochView))
 
 
 @dataclass(frozen=True)
@@ -177,10 +181,16 @@ class Snapshot:
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)
 
-    @property
+    @cached_property
     def hash(self) -> str:
-        """A short, stable hash of the snapshot's content (for the audit trail)."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:16]
+        """A short, stable hash of the snapshot's content (for the audit trail); computed once per snapshot."""
+        hp = self.hparams
+        parts = (self.run_id, self.task, self.epoch, self.max_epochs, self.decide_every,
+                 (hp.lr, hp.weight_decay, hp.dropout, hp.aux_loss_weight),
+                 [tuple(getattr(h, f) for f in _VIEW_FIELDS) for h in self.history],
+                 [(d.epoch, d.action, d.val_change) for d in self.decisions],
+                 self.interventions_left, self.losses, list(self.offered))
+        return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
 
     def to_text(self, window: int = WINDOW) -> str:
         """A compact table for prompts: the last ``window`` epochs, the hyperparameters, signals, options."""
