@@ -31,7 +31,7 @@ from .tasks.base import Hyperparams
 WINDOW = 5
 STATE_NAMES = ["frac_epoch", "log_val_over_init", "log_train_over_init", "log_val_over_best", "log_gap",
                "val_slope", "train_slope", "val_acc",
-               "frac_since_best", "log_lr_over_init", "log_wd", "dropout", "log_aux", "n_losses"]
+               "frac_since_best", "log_lr_over_init", "log_wd", "dropout", "log_aux"]
 ACTION_NAMES = ["dlog_lr", "dlog_wd", "d_dropout", "dlog_aux"]
 HORIZON_NAMES = ["k", "frac_after"]
 FEATURES = STATE_NAMES + ACTION_NAMES + HORIZON_NAMES
@@ -97,7 +97,7 @@ def state_features(hist: list[dict], hp: Hyperparams, hp_init: Hyperparams, max_
         _slope([_log(h["val_loss"]) for h in win]), _slope([_log(h["train_loss"]) for h in win]),
         last.get("val_acc") if last.get("val_acc") is not None else -1.0, (d - best_epoch) / max_epochs,
         _log(hp.lr / hp_init.lr), math.log10(hp.weight_decay + _WD_EPS), hp.dropout,
-        _log(hp.aux_loss_weight) if hp.aux_loss_weight is not None else 0.0, float(n_losses),
+        _log(hp.aux_loss_weight) if hp.aux_loss_weight is not None else 0.0,
     ]
 
 
