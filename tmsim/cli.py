@@ -7,7 +7,19 @@ from pathlib import Path
 
 from .trace import TraceError
 
-DEFAULT_TRACES = Path(__file__).resolve().parent.parent / "traces"
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_TRACES = REPO / "traces"
+DEFAULT_POLICIES = REPO / "policies"
+DEFAULT_SUITE = REPO / "eval" / "suites" / "default.toml"
+DEFAULT_RESULTS = REPO / "eval" / "results"
+DEFAULT_PROMOTIONS = REPO / "eval" / "promotions"
+
+
+def surrogate_cache() -> Path:
+    """Where fitted surrogates are cached (override with TMSIM_SURROGATE_CACHE)."""
+    import os
+
+    return Path(os.environ.get("TMSIM_SURROGATE_CACHE", REPO / "eval" / "surrogates"))
 
 
 def default_traces() -> Path:
@@ -134,6 +146,92 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_lib(traces):
+    from .trace import load_library
+
+    lib = load_library(traces)
+    for p in lib.problems:
+        print(f"tmsim: warning: {p}", file=sys.stderr)
+    return lib
+
+
+def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: float | None = None):
+    from tqdm import tqdm
+
+    from .leaderboard import library_hash, run_leaderboard
+    from .policies import make_policy
+    from .simulator import TreeIndex
+    from .surrogate import surrogate_for
+
+    lh = library_hash(lib)
+    log = None if quiet else (lambda m: print(f"tmsim: {m}", file=sys.stderr))
+    sur, sid = surrogate_for(TreeIndex(lib), lh, surrogate_cache(), log=log)
+    policies = [make_policy(s, lib) for s in specs]
+    with tqdm(total=len(policies) + 2, desc="policies", unit="policy", disable=quiet, leave=False) as bar:
+        return run_leaderboard(lib, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout)
+
+
+def _cmd_leaderboard(args: argparse.Namespace) -> int:
+    from .leaderboard import dumps, format_table, load_suite
+    from .policies import find_specs
+    from .report import write_report
+
+    suite = load_suite(args.suite)
+    specs = [s for arg in args.policies for s in find_specs(arg)]
+    lib = _load_lib(args.traces)
+    result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout)
+    print(format_table(result))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(dumps(result) + "\n")
+    if not args.no_report:
+        out = args.report or DEFAULT_RESULTS / suite.name
+        files = write_report(result, out)
+        print(f"\nreport: {files['html']} (also {files['md'].name}, {files['json'].name}, 3 plots)")
+    return 0
+
+
+def _cmd_promote(args: argparse.Namespace) -> int:
+    from .leaderboard import library_hash, load_suite
+    from .promote import check_record, gate, write_record
+
+    spec = _resolve_spec(args.policy)
+    if args.check:
+        lib = _load_lib(args.traces) if args.traces_given else None
+        ok, problems = check_record(spec, args.promotions, library_hash(lib) if lib else None)
+        if ok:
+            print(f"{spec.name}: promotion record {args.promotions / (spec.name + '.json')} matches the files")
+            return 0
+        for p in problems:
+            print(f"tmsim: promotion check failed: {p}", file=sys.stderr)
+        return 1
+    suite = load_suite(args.suite)
+    lib = _load_lib(args.traces)
+    result = _leaderboard(lib, [spec], suite, args.quiet)
+    score = next(s for s in result.scores if s.policy == spec.name)
+    ok, reasons = gate(score, suite)
+    print(f"{spec.name} on suite {suite.name}: {'PROMOTED' if ok else 'REFUSED'}")
+    for r in reasons:
+        print(f"  - {r}")
+    if not ok:
+        return 1
+    path = write_record(spec, score, suite, result.library_hash, result.surrogate_id, args.promotions)
+    print(f"record: {path}")
+    return 0
+
+
+def _resolve_spec(name: str):
+    from .policies import load_spec
+
+    p = Path(name)
+    if p.suffix == ".toml" or p.exists():
+        return load_spec(p)
+    cand = DEFAULT_POLICIES / f"{name}.toml"
+    if cand.exists():
+        return load_spec(cand)
+    raise ValueError(f"policy {name!r}: neither a spec file nor a name in {DEFAULT_POLICIES}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tmsim", description="Record, simulate, score and gate LLM training managers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -174,6 +272,27 @@ def build_parser() -> argparse.ArgumentParser:
     ps = psub.add_parser("schema", help="print the JSON Schema of a policy's proposal")
     ps.set_defaults(func=_cmd_policy_schema)
 
+    lb = sub.add_parser("leaderboard", help="score policies offline on the trace library (the main job)")
+    lb.add_argument("--traces", type=Path, default=None)
+    lb.add_argument("--policies", nargs="+", default=[str(DEFAULT_POLICIES)], help="spec files or directories")
+    lb.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
+    lb.add_argument("--json", type=Path, default=None)
+    lb.add_argument("--report", type=Path, default=None, help="report directory (default eval/results/SUITE)")
+    lb.add_argument("--no-report", action="store_true")
+    lb.add_argument("--workers", type=int, default=1, help="processes for policy rollouts")
+    lb.add_argument("--timeout", type=float, default=None, help="seconds per decision (default: no per-call timeout)")
+    lb.add_argument("--quiet", action="store_true")
+    lb.set_defaults(func=_cmd_leaderboard)
+
+    pr = sub.add_parser("promote", help="the promotion gate: promote a policy, or --check its record")
+    pr.add_argument("policy", help="a spec file or a policy name in policies/")
+    pr.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
+    pr.add_argument("--traces", type=Path, default=None)
+    pr.add_argument("--promotions", type=Path, default=DEFAULT_PROMOTIONS)
+    pr.add_argument("--check", action="store_true", help="verify the policy's promotion record against the files")
+    pr.add_argument("--quiet", action="store_true")
+    pr.set_defaults(func=_cmd_promote)
+
     sg = sub.add_parser("surrogate", help="the learned counterfactual surrogate")
     sgsub = sg.add_subparsers(dest="surrogate_command", required=True)
     sf = sgsub.add_parser("fit", help="fit the surrogate on a trace library and save it (skops, safe to load)")
@@ -196,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.traces_given = getattr(args, "traces", None) is not None
     if getattr(args, "traces", "unset") is None:
         args.traces = default_traces()
     try:

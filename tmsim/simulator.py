@@ -110,6 +110,7 @@ class Rollout:
     scenario: str
     seed: int
     policy_id: str
+    max_epochs: int = 0
     epochs: list[dict] = field(default_factory=list)
     decisions: list[dict] = field(default_factory=list)
     node: str | None = None  # the recorded run the rollout is on (None once off the tree)
@@ -140,6 +141,11 @@ class Rollout:
     def replayed_share(self) -> float:
         trained = [r for r in self.epochs if r["epoch"] > 0]
         return sum(r["source"] == "replayed" for r in trained) / len(trained) if trained else 1.0
+
+    @property
+    def epochs_saved(self) -> int:
+        """Epochs not trained because the policy stopped the run."""
+        return self.max_epochs - self.stopped_at if self.stopped_at is not None else 0
 
     @property
     def interventions(self) -> int:
@@ -203,7 +209,7 @@ class Simulator:
         m = self.index.meta[root]
         rows = self.index[root]
         first = m["decide_every"]
-        o = Rollout(root, m["task"], m["scenario"], m["seed"], policy.policy_id, node=root, hparams=m["hp_init"])
+        o = Rollout(root, m["task"], m["scenario"], m["seed"], policy.policy_id, m["max_epochs"], node=root, hparams=m["hp_init"])
         for e in range(0, min(first, m["max_epochs"]) + 1):
             if e not in rows:
                 break

@@ -324,3 +324,35 @@ TRUSTED_TYPES = {
     "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937", "numpy.random._pickle.__randomstate_ctor",
     "numpy.random._pickle.__bit_generator_ctor",
 }
+
+
+def surrogate_id(library_hash: str, params: dict) -> str:
+    """The identity of a surrogate: what it was fitted on and how (fitting is deterministic, so the same inputs give
+    the same model). Promotion records carry it, and a cached file is found by it."""
+    import sklearn
+
+    from . import __version__
+
+    blob = json.dumps({"library": library_hash, "params": params, "features": FEATURES, "sklearn": sklearn.__version__,
+                       "tmsim": __version__}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def surrogate_for(index, library_hash: str, cache_dir: str | Path, n_estimators: int = 80, seed: int = 0,
+                  log=None) -> tuple[Surrogate, str]:
+    """The surrogate for a library: loaded from ``cache_dir`` when one with the same identity is there, else
+    fitted on every recorded segment and saved there."""
+    params = dict(n_estimators=n_estimators, min_samples_leaf=5, max_samples=0.5, seed=seed)
+    sid = surrogate_id(library_hash, params)
+    path = Path(cache_dir) / f"{sid[:16]}.skops"
+    if path.exists():
+        try:
+            return Surrogate.load(path), sid
+        except SurrogateError as exc:
+            if log:
+                log(f"{exc}; refitting")
+    if log:
+        log(f"fitting the surrogate on the library (cached as {path})")
+    sur = Surrogate(**params).fit(segment_data(index))
+    sur.save(path)
+    return sur, sid

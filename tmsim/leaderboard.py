@@ -1,0 +1,281 @@
+"""The offline leaderboard: every candidate policy scored on the trace library through the simulator.
+
+Per policy, over the roots a suite selects (each root: one recorded run, rolled out by the policy):
+
+- ``val_loss_change_pct``: median over roots of ``100 * (final / final_constant - 1)``, the constant policy's final
+  on the same root as reference (negative = better than doing nothing), with a bootstrap 95% interval over roots;
+  ``best_val_loss_change_pct`` the same for the best validation loss along the run;
+- ``regret``: mean over roots of ``(policy - oracle) / (constant - oracle)`` on final validation loss (0 = as good
+  as the oracle's best recorded branch, 1 = no better than doing nothing), roots where the two coincide left out;
+- ``unsafe_rate``: share of rollouts that diverge or end more than ``unsafe_threshold`` worse than doing nothing;
+- violations per 100 decisions (by kind), fallback rate, interventions per run, epochs saved by stopping, decision
+  latency p50/p95, and the share of epochs replayed (the rest came from the surrogate);
+- the same effectiveness and safety figures per scenario.
+
+Suites (``eval/suites/*.toml``) choose tasks, scenarios, seeds, the bounds and the promotion gate.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .actions import Bounds
+from .simulator import Rollout, Simulator, TreeIndex, summarize_rollouts
+
+N_BOOT = 2000
+
+
+class Gate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    max_unsafe_rate: float = Field(0.05, ge=0, le=1)
+    unsafe_threshold: float = Field(0.10, ge=0)
+    fatal_violations: list[str] = Field(default_factory=lambda: ["policy_exception", "timeout", "unparseable",
+                                                                  "empty_output", "unknown_action", "non_finite_value"])
+
+
+class Suite(BaseModel):
+    """A suite: which roots, which bounds, which gate."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    description: str = ""
+    tasks: list[str] = Field(default_factory=list)
+    scenarios: list[str] = Field(default_factory=list)
+    seeds: list[int] = Field(default_factory=list)
+    bounds: Bounds = Field(default_factory=Bounds)
+    gate: Gate = Field(default_factory=Gate)
+    path: Path | None = None
+
+
+def load_suite(path: str | Path) -> Suite:
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ValueError(f"{path}: suite not found") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    try:
+        return Suite(**data, path=path)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise ValueError(f"{path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+
+
+def _boot_median(x: np.ndarray, seed: int = 0) -> tuple[float, float]:
+    """95% percentile-bootstrap interval of the median of ``x`` (vectorised resampling)."""
+    if len(x) < 2:
+        return (float(x[0]), float(x[0])) if len(x) else (math.nan, math.nan)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(x), size=(N_BOOT, len(x)))
+    meds = np.median(x[idx], axis=1)
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return float(lo), float(hi)
+
+
+@dataclass
+class PolicyScore:
+    policy: str
+    upper_bound: bool
+    roots: int
+    val_loss_change_pct: float
+    ci_low: float
+    ci_high: float
+    best_val_loss_change_pct: float
+    best_ci_low: float
+    best_ci_high: float
+    regret: float | None
+    unsafe_rate: float
+    diverged_rate: float
+    violations_per_100: float
+    violations_by_kind: dict[str, int]
+    fatal_violations: int
+    fallback_rate: float
+    interventions_per_run: float
+    epochs_saved_per_run: float
+    latency_ms_p50: float
+    latency_ms_p95: float
+    replayed_share: float
+    per_scenario: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+def score_policy(policy_id: str, rollouts: list[Rollout], constant: dict[str, Rollout], oracle: dict[str, Rollout] | None,
+                 gate: Gate, upper_bound: bool = False) -> PolicyScore:
+    roots = [o.root for o in rollouts]
+    fin = np.array([o.final_val_loss for o in rollouts])
+    base = np.array([constant[r].final_val_loss for r in roots])
+    best = np.array([o.best_val_loss for o in rollouts])
+    base_best = np.array([constant[r].best_val_loss for r in roots])
+    change = 100 * (fin / base - 1)
+    change_best = 100 * (best / base_best - 1)
+    unsafe = np.array([o.diverged or c > 100 * gate.unsafe_threshold for o, c in zip(rollouts, change)])
+    regret = None
+    if oracle:
+        orc = np.array([oracle[r].final_val_loss for r in roots])
+        denom = base - orc
+        ok = np.abs(denom) > 1e-9 * np.abs(base)
+        if ok.any():
+            regret = float(np.mean((fin[ok] - orc[ok]) / denom[ok]))
+    s = summarize_rollouts(rollouts)
+    n_dec = max(s["decisions"], 1)
+    lo, hi = _boot_median(change)
+    blo, bhi = _boot_median(change_best)
+    per = {}
+    for sc in sorted({o.scenario for o in rollouts}):
+        m = np.array([o.scenario == sc for o in rollouts])
+        clo, chi = _boot_median(change[m])
+        per[sc] = {"roots": int(m.sum()), "val_loss_change_pct": float(np.median(change[m])), "ci_low": clo,
+                   "ci_high": chi, "unsafe_rate": float(unsafe[m].mean())}
+    return PolicyScore(
+        policy=policy_id, upper_bound=upper_bound, roots=len(roots),
+        val_loss_change_pct=float(np.median(change)), ci_low=lo, ci_high=hi,
+        best_val_loss_change_pct=float(np.median(change_best)), best_ci_low=blo, best_ci_high=bhi,
+        regret=regret, unsafe_rate=float(unsafe.mean()), diverged_rate=float(np.mean([o.diverged for o in rollouts])),
+        violations_per_100=100 * sum(s["violations"].values()) / n_dec, violations_by_kind=s["violations"],
+        fatal_violations=sum(v for k, v in s["violations"].items() if k in gate.fatal_violations),
+        fallback_rate=s["fallback_rate"], interventions_per_run=float(np.mean([o.interventions for o in rollouts])),
+        epochs_saved_per_run=float(np.mean([o.epochs_saved for o in rollouts])), latency_ms_p50=s["latency_ms_p50"],
+        latency_ms_p95=s["latency_ms_p95"], replayed_share=s["replayed_share"], per_scenario=per,
+    )
+
+
+@dataclass
+class LeaderboardResult:
+    suite: Suite
+    scores: list[PolicyScore]
+    rollouts: dict[str, list[Rollout]]
+    roots: list[str]
+    library_hash: str
+    surrogate_id: str
+
+    def ranked(self) -> list[PolicyScore]:
+        """Best first: the oracle (an upper bound) on top, then by median val-loss change, then by unsafe rate."""
+        return sorted(self.scores, key=lambda s: (not s.upper_bound, s.val_loss_change_pct, s.unsafe_rate))
+
+    def to_json(self) -> list[dict]:
+        return [s.to_dict() for s in self.ranked()]
+
+
+def library_hash(library) -> str:
+    """SHA-256 over every trace file of the library (relative path and bytes), in path order."""
+    h = hashlib.sha256()
+    root = Path(library.root)
+    for kind in sorted(library.files):
+        for p in sorted(library.files[kind]):
+            h.update(str(p.relative_to(root)).encode())
+            h.update(hashlib.sha256(p.read_bytes()).digest())
+    return h.hexdigest()
+
+
+def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_id: str = "",
+                    progress=None, timeout: float | None = None) -> LeaderboardResult:
+    """Roll every policy out on the suite's roots and score it against ``constant`` and ``oracle``."""
+    from .policies import ConstantPolicy, OraclePolicy
+
+    index = TreeIndex(library)
+    sim = Simulator(index, surrogate, suite.bounds)
+    roots = sim.roots(suite.tasks or None, suite.scenarios or None, suite.seeds or None)
+    if not roots:
+        raise ValueError(f"suite {suite.name!r} selects no root of the library {library.root}")
+    by_id = {p.policy_id: p for p in policies}
+    if "constant" not in by_id:
+        by_id = {"constant": ConstantPolicy(), **by_id}
+    if "oracle" not in by_id:
+        by_id["oracle"] = OraclePolicy(library)
+    rollouts: dict[str, list[Rollout]] = {}
+    for pid, pol in by_id.items():
+        rollouts[pid] = sim.rollout(pol, roots, timeout=timeout)
+        if progress:
+            progress(pid)
+    constant = {o.root: o for o in rollouts["constant"]}
+    oracle = {o.root: o for o in rollouts["oracle"]}
+    scores = [score_policy(pid, outs, constant, oracle, suite.gate, bool(getattr(by_id[pid], "is_upper_bound", False)))
+              for pid, outs in rollouts.items()]
+    return LeaderboardResult(suite, scores, rollouts, roots, library_hash(library), surrogate_id)
+
+
+def _ci(s: PolicyScore) -> str:
+    return f"{s.val_loss_change_pct:+7.1f}% [{s.ci_low:+6.1f}, {s.ci_high:+6.1f}]"
+
+
+def format_table(result: LeaderboardResult) -> str:
+    """The terminal table, best first, with bootstrap intervals."""
+    head = (f"{'#':>2}  {'policy':<22}{'val loss vs constant (95% CI)':<33}{'regret':>7}{'unsafe':>8}{'viol/100':>9}"
+            f"{'fallback':>9}{'interv':>7}{'replayed':>9}{'p50 ms':>8}")
+    lines = [f"leaderboard: suite {result.suite.name}, {len(result.roots)} roots "
+             f"(median change of final val loss vs doing nothing; negative is better)", head, "-" * len(head)]
+    for i, s in enumerate(result.ranked(), 1):
+        name = s.policy + (" (upper bound)" if s.upper_bound else "")
+        reg = "   n/a" if s.regret is None else f"{s.regret:7.2f}"
+        lines.append(f"{i:>2}  {name:<22}{_ci(s):<33}{reg:>7}{s.unsafe_rate:8.1%}{s.violations_per_100:9.1f}"
+                     f"{s.fallback_rate:9.1%}{s.interventions_per_run:7.2f}{s.replayed_share:9.1%}{s.latency_ms_p50:8.3f}")
+    scen = sorted({sc for s in result.scores for sc in s.per_scenario})
+    lines += ["", "per scenario: median val-loss change % (unsafe rate)",
+              f"{'policy':<22}" + "".join(f"{sc:>20}" for sc in scen)]
+    for s in result.ranked():
+        cells = []
+        for sc in scen:
+            p = s.per_scenario.get(sc)
+            cells.append(f"{p['val_loss_change_pct']:+8.1f}% ({p['unsafe_rate']:4.0%})" if p else "")
+        lines.append(f"{s.policy:<22}" + "".join(f"{c:>20}" for c in cells))
+    return "\n".join(lines)
+
+
+def format_markdown(result: LeaderboardResult) -> str:
+    lines = [f"# Leaderboard: suite `{result.suite.name}`", "",
+             f"{len(result.roots)} roots; library `{result.library_hash[:12]}`; surrogate `{result.surrogate_id[:12]}`. "
+             "Median change of final validation loss vs the `constant` policy on the same root (negative is better), "
+             "bootstrap 95% interval over roots. The oracle reads the recorded answers: an upper bound, not a policy.", "",
+             "| # | policy | val loss change | 95% CI | best val loss change | regret | unsafe | violations/100 | fallback | interventions/run | epochs saved/run | latency p50 / p95 ms | replayed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for i, s in enumerate(result.ranked(), 1):
+        reg = "n/a" if s.regret is None else f"{s.regret:.2f}"
+        lines.append(f"| {i} | {s.policy}{' (upper bound)' if s.upper_bound else ''} | {s.val_loss_change_pct:+.1f}% | "
+                     f"[{s.ci_low:+.1f}, {s.ci_high:+.1f}] | {s.best_val_loss_change_pct:+.1f}% | {reg} | {s.unsafe_rate:.1%} | "
+                     f"{s.violations_per_100:.1f} | {s.fallback_rate:.1%} | {s.interventions_per_run:.2f} | "
+                     f"{s.epochs_saved_per_run:.2f} | {s.latency_ms_p50:.3f} / {s.latency_ms_p95:.3f} | {s.replayed_share:.1%} |")
+    scen = sorted({sc for s in result.scores for sc in s.per_scenario})
+    lines += ["", "## Per scenario", "", "| policy | " + " | ".join(scen) + " |", "|---|" + "---|" * len(scen)]
+    for s in result.ranked():
+        cells = []
+        for sc in scen:
+            p = s.per_scenario.get(sc)
+            cells.append(f"{p['val_loss_change_pct']:+.1f}% [{p['ci_low']:+.1f}, {p['ci_high']:+.1f}], unsafe {p['unsafe_rate']:.0%}" if p else "")
+        lines.append(f"| {s.policy} | " + " | ".join(cells) + " |")
+    viol = sorted({k for s in result.scores for k in s.violations_by_kind})
+    if viol:
+        lines += ["", "## Violations by kind", "", "| policy | " + " | ".join(viol) + " |", "|---|" + "---|" * len(viol)]
+        for s in result.ranked():
+            lines.append(f"| {s.policy} | " + " | ".join(str(s.violations_by_kind.get(k, 0)) for k in viol) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def json_rows(result: LeaderboardResult) -> list[dict]:
+    """One object per policy; the keys named in the docs first."""
+    out = []
+    for s in result.ranked():
+        d = s.to_dict()
+        out.append({"policy": s.policy, "val_loss_change_pct": s.val_loss_change_pct, "ci_low": s.ci_low,
+                    "ci_high": s.ci_high, "regret": s.regret, "unsafe_rate": s.unsafe_rate,
+                    "violations_per_100": s.violations_per_100, "fallback_rate": s.fallback_rate,
+                    "latency_ms_p50": s.latency_ms_p50, "replayed_share": s.replayed_share,
+                    **{k: v for k, v in d.items() if k not in ("policy",)}})
+    return out
+
+
+def dumps(result: LeaderboardResult) -> str:
+    """The ``--json`` form: a list with one object per policy, best first."""
+    meta = {"suite": result.suite.name, "roots_total": len(result.roots), "library_hash": result.library_hash,
+            "surrogate_id": result.surrogate_id}
+    return json.dumps([{**row, **meta} for row in json_rows(result)], indent=2)
