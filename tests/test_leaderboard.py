@@ -106,3 +106,12 @@ def test_bundled_suites_load(tmp_path):
     bad.write_text('name = "x"\ncolour = 1\n')
     with pytest.raises(ValueError, match="s.toml: field 'colour'"):
         load_suite(bad)
+
+
+def test_process_pool_gives_the_same_scores(small_library, env):
+    a, b = env / "a.json", env / "b.json"
+    base = ["leaderboard", "--traces", str(small_library), "--no-report", "--quiet", "--policies", "policies/rules.toml", "policies/random.toml"]
+    assert main([*base, "--json", str(a)]) == 0
+    assert main([*base, "--json", str(b), "--workers", "2"]) == 0
+    strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("latency")} for r in rows]  # noqa: E731
+    assert strip(json.loads(a.read_text())) == strip(json.loads(b.read_text()))

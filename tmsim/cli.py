@@ -165,10 +165,12 @@ def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: floa
 
     lh = library_hash(lib)
     log = None if quiet else (lambda m: print(f"tmsim: {m}", file=sys.stderr))
-    sur, sid = surrogate_for(TreeIndex(lib), lh, surrogate_cache(), log=log)
+    sur, sid, path = surrogate_for(TreeIndex(lib), lh, surrogate_cache(), log=log)
     policies = [make_policy(s, lib) for s in specs]
-    with tqdm(total=len(policies) + 2, desc="policies", unit="policy", disable=quiet, leave=False) as bar:
-        return run_leaderboard(lib, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout)
+    with tqdm(total=len({p.policy_id for p in policies} | {"constant", "oracle"}), desc="policies", unit="policy",
+              disable=quiet, leave=False) as bar:
+        return run_leaderboard(lib, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout,
+                               workers=workers, specs=specs, surrogate_path=str(path))
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:

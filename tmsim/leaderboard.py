@@ -178,9 +178,34 @@ def library_hash(library) -> str:
     return h.hexdigest()
 
 
+_WORKER: dict = {}
+
+
+def _worker_init(traces: str, surrogate_path: str | None, bounds_json: str) -> None:
+    from .surrogate import Surrogate
+    from .trace import load_library
+
+    lib = load_library(traces)
+    sur = Surrogate.load(surrogate_path) if surrogate_path else None
+    _WORKER.update(lib=lib, sim=Simulator(TreeIndex(lib), sur, Bounds.model_validate_json(bounds_json)))
+
+
+def _worker_rollout(spec_path: str, roots: list[str], timeout: float | None):
+    from .policies import load_spec, make_policy
+
+    spec = load_spec(spec_path)
+    pol = make_policy(spec, _WORKER["lib"])
+    return spec.name, _WORKER["sim"].rollout(pol, roots, timeout=timeout)
+
+
 def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_id: str = "",
-                    progress=None, timeout: float | None = None) -> LeaderboardResult:
-    """Roll every policy out on the suite's roots and score it against ``constant`` and ``oracle``."""
+                    progress=None, timeout: float | None = None, workers: int = 1, specs: list | None = None,
+                    surrogate_path: str | None = None) -> LeaderboardResult:
+    """Roll every policy out on the suite's roots and score it against ``constant`` and ``oracle``.
+
+    With ``workers > 1`` and ``specs`` (the policies' spec files), the rollouts of the spec'd policies run in a
+    process pool; each worker reads the library and loads the surrogate from ``surrogate_path`` once.
+    """
     from .policies import ConstantPolicy, OraclePolicy
 
     index = TreeIndex(library)
@@ -194,10 +219,31 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
     if "oracle" not in by_id:
         by_id["oracle"] = OraclePolicy(library)
     rollouts: dict[str, list[Rollout]] = {}
-    for pid, pol in by_id.items():
-        rollouts[pid] = sim.rollout(pol, roots, timeout=timeout)
-        if progress:
-            progress(pid)
+    pooled = {s.name: s for s in (specs or []) if s.path is not None} if workers > 1 else {}
+    if pooled:
+        import multiprocessing as mp
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        ctx = mp.get_context("spawn")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                 initargs=(str(library.root), surrogate_path, suite.bounds.model_dump_json())) as pool:
+            futs = [pool.submit(_worker_rollout, str(s.path), roots, timeout) for s in pooled.values()]
+            for pid, pol in by_id.items():
+                if pid not in pooled:
+                    rollouts[pid] = sim.rollout(pol, roots, timeout=timeout)
+                    if progress:
+                        progress(pid)
+            for f in as_completed(futs):
+                pid, outs = f.result()
+                rollouts[pid] = outs
+                if progress:
+                    progress(pid)
+        rollouts = {pid: rollouts[pid] for pid in by_id}
+    else:
+        for pid, pol in by_id.items():
+            rollouts[pid] = sim.rollout(pol, roots, timeout=timeout)
+            if progress:
+                progress(pid)
     constant = {o.root: o for o in rollouts["constant"]}
     oracle = {o.root: o for o in rollouts["oracle"]}
     scores = [score_policy(pid, outs, constant, oracle, suite.gate, bool(getattr(by_id[pid], "is_upper_bound", False)))

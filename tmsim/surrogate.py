@@ -10,7 +10,7 @@ horizon ``k``. Targets are per-epoch log-ratios to the losses at ``d`` (and accu
 
 Models (scikit-learn): an ``ExtraTreesRegressor`` for the per-epoch targets (one row per horizon ``k``) and an
 ``ExtraTreesClassifier`` for the probability that the segment diverges. The 80% band comes from out-of-fold
-residual quantiles per horizon (split by seed, so the band is calibrated on unseen runs): ``exp(pred + q10)`` to
+residual quantiles per horizon (folds grouped by tree, so the band is calibrated on unseen runs): ``exp(pred + q10)`` to
 ``exp(pred + q90)`` times the current loss.
 
 Saving uses skops (``.skops``), and loading passes an explicit list of trusted types: a file holding any other
@@ -339,7 +339,7 @@ def surrogate_id(library_hash: str, params: dict) -> str:
 
 
 def surrogate_for(index, library_hash: str, cache_dir: str | Path, n_estimators: int = 80, seed: int = 0,
-                  log=None) -> tuple[Surrogate, str]:
+                  log=None) -> tuple[Surrogate, str, Path]:
     """The surrogate for a library: loaded from ``cache_dir`` when one with the same identity is there, else
     fitted on every recorded segment and saved there."""
     params = dict(n_estimators=n_estimators, min_samples_leaf=5, max_samples=0.5, seed=seed)
@@ -347,7 +347,7 @@ def surrogate_for(index, library_hash: str, cache_dir: str | Path, n_estimators:
     path = Path(cache_dir) / f"{sid[:16]}.skops"
     if path.exists():
         try:
-            return Surrogate.load(path), sid
+            return Surrogate.load(path), sid, path
         except SurrogateError as exc:
             if log:
                 log(f"{exc}; refitting")
@@ -355,4 +355,4 @@ def surrogate_for(index, library_hash: str, cache_dir: str | Path, n_estimators:
         log(f"fitting the surrogate on the library (cached as {path})")
     sur = Surrogate(**params).fit(segment_data(index))
     sur.save(path)
-    return sur, sid
+    return sur, sid, path
