@@ -234,6 +234,33 @@ def _resolve_spec(name: str):
     raise ValueError(f"policy {name!r}: neither a spec file nor a name in {DEFAULT_POLICIES}")
 
 
+def _cmd_model_init(args: argparse.Namespace) -> int:
+    from .llm.model import MODEL_NAME, init_model
+
+    out = init_model(args.out, args.traces, vocab_size=args.vocab, hidden=args.hidden, layers=args.layers, seed=args.seed)
+    print(f"{MODEL_NAME}: Qwen3-architecture model and tokenizer written to {out} (random init, seed {args.seed})")
+    return 0
+
+
+def _cmd_finetune(args: argparse.Namespace) -> int:
+    import json
+
+    from .llm.finetune import load_recipe, run_recipe
+
+    recipe = load_recipe(args.recipe)
+    report = run_recipe(recipe, REPO, log=lambda m: print(m, file=sys.stderr))
+    out = args.json or REPO / "eval" / "results" / f"finetune-{recipe.name}.json"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for k in ("agreement_prompted", "agreement_base", "agreement_lora"):
+        if k in report:
+            a = report[k]
+            print(f"{k.split('_', 1)[1]:<10} oracle agreement {a['accuracy']:.3f} on {a['n']} held-out nodes "
+                  f"(majority-class baseline {a['majority_baseline']:.3f})")
+    print(f"finetune recipe {recipe.name}: {report['seconds']} s; report {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tmsim", description="Record, simulate, score and gate LLM training managers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -294,6 +321,22 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--check", action="store_true", help="verify the policy's promotion record against the files")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_cmd_promote)
+
+    md = sub.add_parser("model", help="the offline Qwen3-architecture model")
+    mdsub = md.add_subparsers(dest="model_command", required=True)
+    mi = mdsub.add_parser("init", help="build the tokenizer and a small Qwen3 model offline, deterministically")
+    mi.add_argument("--out", type=Path, default=REPO / "models" / "qwen3-tiny-scratch")
+    mi.add_argument("--traces", type=Path, default=None)
+    mi.add_argument("--vocab", type=int, default=1024)
+    mi.add_argument("--hidden", type=int, default=128)
+    mi.add_argument("--layers", type=int, default=2)
+    mi.add_argument("--seed", type=int, default=0)
+    mi.set_defaults(func=_cmd_model_init)
+
+    ft = sub.add_parser("finetune", help="fine-tune a Qwen manager on the trace trees (recipe in finetune/recipes/)")
+    ft.add_argument("--recipe", type=Path, default=REPO / "finetune" / "recipes" / "default.toml")
+    ft.add_argument("--json", type=Path, default=None)
+    ft.set_defaults(func=_cmd_finetune)
 
     sg = sub.add_parser("surrogate", help="the learned counterfactual surrogate")
     sgsub = sg.add_subparsers(dest="surrogate_command", required=True)

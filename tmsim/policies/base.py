@@ -61,7 +61,7 @@ class PolicySpec(BaseModel):
         return hashlib.sha256(data).hexdigest()
 
 
-KINDS = ("constant", "rules", "plateau", "random", "sequence", "oracle", "python")
+KINDS = ("constant", "rules", "plateau", "random", "sequence", "oracle", "qwen", "python")
 
 
 def load_spec(path: str | Path) -> PolicySpec:
@@ -112,6 +112,13 @@ def make_policy(spec: PolicySpec, library=None) -> Policy:
             pol = baselines.RandomPolicy(**s)
         elif spec.kind == "sequence":
             pol = baselines.SequencePolicy(**s)
+        elif spec.kind == "qwen":
+            from ..llm.policy import QwenPolicy
+
+            for key in ("model", "adapter"):
+                if isinstance(s.get(key), str):
+                    s[key] = _resolve_path(s[key], spec.path)
+            pol = QwenPolicy(**s)
         elif spec.kind == "oracle":
             if library is None:
                 raise ValueError("the oracle needs a trace library")
@@ -126,6 +133,17 @@ def make_policy(spec: PolicySpec, library=None) -> Policy:
     if not isinstance(pol, Policy):
         raise ValueError(f"{spec.path or spec.name}: {type(pol).__name__} has no decide(snapshot) method")
     return pol
+
+
+def _resolve_path(value: str, spec_path: Path | None) -> str:
+    """A model or adapter path as written in a spec: as given if it exists, else relative to the spec's directory
+    or to its parent (the repository root for specs in ``policies/``); otherwise unchanged (a hub id)."""
+    if Path(value).exists() or spec_path is None:
+        return value
+    for base in (spec_path.parent, spec_path.parent.parent):
+        if (base / value).exists():
+            return str(base / value)
+    return value
 
 
 def _import_target(target: str):

@@ -1,0 +1,1 @@
+"""Qwen training managers: the offline model, the prompted policy, LoRA fine-tuning."""
