@@ -105,6 +105,7 @@ class PolicyScore:
     latency_ms_p95: float
     replayed_share: float
     per_scenario: dict[str, dict[str, float]] = field(default_factory=dict)
+    model_fallback_rate: float | None = None  # decisions a model policy answered with its rules fallback
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -248,6 +249,10 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
     oracle = {o.root: o for o in rollouts["oracle"]}
     scores = [score_policy(pid, outs, constant, oracle, suite.gate, bool(getattr(by_id[pid], "is_upper_bound", False)))
               for pid, outs in rollouts.items()]
+    for s in scores:
+        stats = getattr(by_id[s.policy], "stats", None)
+        if stats and stats.get("decisions"):
+            s.model_fallback_rate = stats["fallbacks"] / stats["decisions"]
     return LeaderboardResult(suite, scores, rollouts, roots, library_hash(library), surrogate_id)
 
 
