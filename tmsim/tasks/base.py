@@ -23,7 +23,7 @@ import io
 import math
 import time
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from torch import nn
@@ -152,11 +152,12 @@ class TorchTask:
                 m.p = hp.dropout
         state.hparams = hp
 
-    def train_epoch(self, state: TrainState) -> dict[str, Any]:
+    def train_epoch(self, state: TrainState, on_step: "Callable[[], None] | None" = None) -> dict[str, Any]:
         """One pass over the training split; returns the epoch's training telemetry.
 
         ``grad_norm`` is the mean total gradient norm over the epoch's steps; ``update_ratio`` is
         ``||w_end - w_start|| / ||w_start||`` over the epoch (how far the weights moved, relative to their size).
+        ``on_step`` is called after every optimizer step (the live hook's step boundary).
         """
         x, y = self._data(state.scenario)["train"]
         bs = state.scenario.settings.get("batch_size", 32)
@@ -176,6 +177,8 @@ class TorchTask:
             grad_norms.append(float(gn))
             opt.step()
             n += len(idx)
+            if on_step is not None:
+                on_step()
         elapsed = time.perf_counter() - t0
         w1 = torch.cat([p.detach().reshape(-1) for p in model.parameters()])
         w0n = float(w0.norm())

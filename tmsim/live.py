@@ -1,0 +1,376 @@
+"""The live hook: a promoted policy steering a real training loop, never blocking it, recorded as a trace.
+
+Plain PyTorch::
+
+    with LiveManager(policy, spec="policies/rules.toml", optimizer=opt, scheduler=sched, model=model,
+                     hparams=Hyperparams(lr=0.1), max_epochs=20, decide_every=5, record_dir="traces-live") as mgr:
+        for epoch in range(20):
+            for batch in loader:
+                ...; opt.step(); sched.step()
+                mgr.on_step_end()            # applies an arrived decision at this step boundary
+                if mgr.should_stop: break
+            mgr.on_epoch_end({"train_loss": ..., "val_loss": ..., "val_acc": ...})
+            if mgr.should_stop: break
+
+Hugging Face: ``trainer.add_callback(TMSimCallback(mgr))`` (see ``examples/``).
+
+- **Asynchronous by default.** At a decision epoch the snapshot goes to a background worker and training goes on.
+  The validated action is applied at the first step boundary after it arrives. An answer that arrives more than
+  ``stale_steps`` steps after its snapshot is dropped and logged (``violations = ["stale"]``). ``mode="sync"``
+  decides and applies at the epoch boundary itself (for tests and comparisons).
+- **Safety.** The validator of the simulator judges every proposal. An exception or a timeout in the policy leaves
+  training unchanged and is logged. A non-finite loss (or non-finite parameters) stops the run (the NaN guard
+  does not rely on logged losses: the HF Trainer filters NaN/inf from its logs by default). A policy without a
+  promotion record that checks is refused unless ``allow_unpromoted=True``, which is written into the trace.
+- **Knobs.** LR and weight decay on the optimizer's param groups. LR is scheduler-aware: ``LambdaLR`` and friends
+  recompute each group's LR from ``base_lrs`` every step, so the hook scales ``base_lrs`` (and ``initial_lr``) by
+  the same factor. Weight decay only touches decay groups (groups holding matrices; HF's bias/norm group stays at
+  0). Dropout on every ``nn.Dropout`` and every module's ``attention_dropout``. Loss weights through a setter you
+  register. Stop through ``should_stop`` (and ``control.should_training_stop`` in the callback).
+- **Recording.** ``close()`` writes ``runs``, ``epochs`` and ``decisions`` (with latency and staleness) in trace
+  format v1 under ``record_dir``, so ``tmsim query`` sees live runs beside recorded ones.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from .actions import Bounds, PolicyFailure, ValidatedAction, offered_actions, parse_proposal, validate
+from .snapshot import EpochView, PastDecision, Snapshot
+from .tasks.base import Hyperparams
+from .trace import DECISIONS, EPOCHS, RUNS, dumps, write_table
+
+log = logging.getLogger("tmsim.live")
+
+
+class NotPromotedError(PermissionError):
+    """The policy has no promotion record that matches its files."""
+
+
+class LiveManager:
+    """See the module documentation. ``spec`` (a path or ``PolicySpec``) is needed for the promotion check."""
+
+    def __init__(self, policy, *, hparams: Hyperparams, max_epochs: int, decide_every: int = 1,
+                 optimizer=None, scheduler=None, model=None, loss_weight_setter: Callable[[float], None] | None = None,
+                 spec=None, promotions: str | Path | None = None, allow_unpromoted: bool = False,
+                 bounds: Bounds | None = None, mode: str = "async", stale_steps: int = 100, timeout: float = 30.0,
+                 task: str = "custom", scenario: str = "live", seed: int = 0, run_id: str | None = None,
+                 record_dir: str | Path | None = None, n_losses: int | None = None):
+        if mode not in ("async", "sync"):
+            raise ValueError("mode must be 'async' or 'sync'")
+        self.policy, self.mode, self.bounds = policy, mode, bounds or Bounds()
+        self.hparams = self.hp_init = hparams
+        self.max_epochs, self.decide_every = max_epochs, decide_every
+        self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
+        self.loss_weight_setter = loss_weight_setter
+        self.stale_steps, self.timeout = stale_steps, timeout
+        self.task, self.scenario, self.seed = task, scenario, seed
+        self.run_id = run_id or f"live:{task}:{uuid.uuid4().hex[:8]}"
+        self.record_dir = Path(record_dir) if record_dir else None
+        self.n_losses = n_losses or (2 if hparams.aux_loss_weight is not None else 1)
+        self.promotion = self._check_promotion(spec, promotions, allow_unpromoted)
+        self.step = 0
+        self.epoch = -1
+        self.should_stop = False
+        self.history: list[dict] = []
+        self.decision_rows: list[dict] = []
+        self.past: list[PastDecision] = []
+        self._chain: dict[int, str] = {}
+        self._results: queue.Queue = queue.Queue()
+        self._pending: dict | None = None  # the decision in flight (async)
+        self._closed = False
+
+    # --- promotion ----------------------------------------------------------------------------------------------
+    def _check_promotion(self, spec, promotions, allow_unpromoted: bool) -> str:
+        from .promote import check_record
+
+        problems = []
+        if spec is not None:
+            from .policies import PolicySpec, load_spec
+
+            spec = spec if isinstance(spec, PolicySpec) else load_spec(spec)
+            prom = Path(promotions) if promotions else Path(__file__).resolve().parent.parent / "eval" / "promotions"
+            ok, problems = check_record(spec, prom)
+            if ok:
+                return f"promoted ({spec.name})"
+        else:
+            problems = ["no policy spec given, so no promotion record can be checked"]
+        if not allow_unpromoted:
+            raise NotPromotedError("refusing an unpromoted policy: " + "; ".join(problems)
+                                   + " (run `tmsim promote`, or pass allow_unpromoted=True to override, which is recorded)")
+        log.warning("tmsim live: RUNNING AN UNPROMOTED POLICY (allow_unpromoted=True): %s", "; ".join(problems))
+        return "UNPROMOTED (allow_unpromoted=True): " + "; ".join(problems)
+
+    # --- the hooks ----------------------------------------------------------------------------------------------
+    def on_step_end(self) -> None:
+        """Call after every optimizer step: applies a decision that has arrived, drops stale ones."""
+        self.step += 1
+        if self.mode == "async":
+            self._collect()
+
+    def on_epoch_end(self, metrics: dict[str, Any], epoch: int | None = None) -> None:
+        """Call after each epoch's evaluation with at least ``val_loss`` (and ``train_loss``; accuracies,
+        ``grad_norm``, ``update_ratio`` where known). ``epoch`` defaults to one more than the last (the first call
+        is epoch 0: an evaluation before training, as in recorded traces)."""
+        self.epoch = self.epoch + 1 if epoch is None else int(epoch)
+        row = {k: _num(metrics.get(k)) for k in ("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm", "update_ratio")}
+        row.update(epoch=self.epoch, **self._knobs(), wall=time.time())
+        guard = self._nan_guard(metrics)
+        row["diverged"] = guard
+        self.history.append(row)
+        if guard:
+            log.error("tmsim live: non-finite loss or parameters at epoch %d: stopping the run", self.epoch)
+            self.should_stop = True
+            return
+        if 0 < self.epoch < self.max_epochs and self.epoch % self.decide_every == 0 and not self.should_stop:
+            snap = self._snapshot()
+            if self.mode == "sync":
+                out, ms = _call(self.policy, snap, self.timeout)
+                self._finish(snap, out, ms, submitted=self.step)
+            elif self._pending is not None:
+                self._log(snap, PolicyFailure("timeout", "previous decision still running"), 0.0, "continue", None,
+                          ["timeout"], "fallback", None)
+            else:
+                self._submit(snap)
+
+    def _nan_guard(self, metrics: dict) -> bool:
+        for k in ("train_loss", "val_loss", "loss", "eval_loss"):
+            v = metrics.get(k)
+            if v is not None and not math.isfinite(float(v)):
+                return True
+        if self.model is not None:
+            import torch
+
+            with torch.no_grad():
+                return not all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+        return False
+
+    # --- async machinery ----------------------------------------------------------------------------------------
+    def _submit(self, snap: Snapshot) -> None:
+        ticket = {"snap": snap, "step": self.step, "t0": time.perf_counter()}
+        self._pending = ticket
+
+        def work():
+            out, ms = _call(self.policy, snap, self.timeout)
+            self._results.put((ticket, out, ms))
+
+        threading.Thread(target=work, daemon=True, name="tmsim-live-policy").start()
+
+    def _collect(self) -> None:
+        try:
+            ticket, out, ms = self._results.get_nowait()
+        except queue.Empty:
+            return
+        if ticket is not self._pending:
+            return
+        self._pending = None
+        self._finish(ticket["snap"], out, ms, submitted=ticket["step"])
+
+    def _finish(self, snap: Snapshot, out, ms: float, submitted: int) -> None:
+        act, violations = validate(out, snap, self.bounds)
+        stale = self.step - submitted
+        if self.mode == "async" and stale > self.stale_steps:
+            log.warning("tmsim live: decision for epoch %d arrived %d steps late (> %d): dropped", snap.epoch, stale, self.stale_steps)
+            self._log(snap, out, ms, "continue", None, violations + ["stale"], "fallback", stale)
+            return
+        if isinstance(out, PolicyFailure):
+            log.warning("tmsim live: policy failed at epoch %d (%s): training unchanged", snap.epoch, out)
+        self._apply(act)
+        self._log(snap, out, ms, act.action, act, violations, act.source, stale)
+        self._chain[snap.epoch] = act.action if act.intervenes else "continue"
+
+    def wait(self, timeout: float | None = None) -> None:
+        """Block until the decision in flight has been collected (tests and the end of training)."""
+        t_end = time.perf_counter() + (timeout if timeout is not None else self.timeout)
+        while self._pending is not None and time.perf_counter() < t_end:
+            time.sleep(0.005)
+            self._collect()
+
+    # --- applying an action -------------------------------------------------------------------------------------
+    def _apply(self, act: ValidatedAction) -> None:
+        if act.stop:
+            self.should_stop = True
+            return
+        old, new = self.hparams, act.hparams
+        if self.optimizer is not None:
+            if new.lr != old.lr:
+                f = new.lr / old.lr
+                for g in self.optimizer.param_groups:
+                    g["lr"] *= f
+                    if "initial_lr" in g:
+                        g["initial_lr"] *= f
+                if self.scheduler is not None and hasattr(self.scheduler, "base_lrs"):
+                    self.scheduler.base_lrs = [b * f for b in self.scheduler.base_lrs]
+            if new.weight_decay != old.weight_decay:
+                for g in self.optimizer.param_groups:
+                    if _is_decay_group(g):
+                        g["weight_decay"] = new.weight_decay
+        if new.dropout != old.dropout and self.model is not None:
+            from torch import nn
+
+            for m in self.model.modules():
+                if isinstance(m, nn.Dropout):
+                    m.p = new.dropout
+                if hasattr(m, "attention_dropout") and isinstance(getattr(m, "attention_dropout"), float):
+                    m.attention_dropout = new.dropout
+        if new.aux_loss_weight != old.aux_loss_weight:
+            if self.loss_weight_setter is None:
+                log.warning("tmsim live: a loss-weight change was validated but no setter is registered: not applied")
+                new = new.with_(aux_loss_weight=old.aux_loss_weight)
+            else:
+                self.loss_weight_setter(new.aux_loss_weight)
+        self.hparams = new
+
+    def _knobs(self) -> dict:
+        hp = self.hparams
+        return {"lr": hp.lr, "weight_decay": hp.weight_decay, "dropout": hp.dropout, "aux_loss_weight": hp.aux_loss_weight}
+
+    # --- snapshots and the trace --------------------------------------------------------------------------------
+    def _snapshot(self) -> Snapshot:
+        hist = [EpochView.from_row(h) for h in self.history]
+        every = self.decide_every
+        val = {h["epoch"]: h["val_loss"] for h in self.history}
+        past = []
+        for e in range(every, self.epoch, every):
+            nxt = min(e + every, self.epoch)
+            ch = val[nxt] / val[e] - 1 if val.get(e) and val.get(nxt) is not None else None
+            past.append(PastDecision(e, self._chain.get(e, "continue"), ch))
+        used = sum(p.action != "continue" for p in past)
+        left = None if self.bounds.max_interventions is None else max(self.bounds.max_interventions - used, 0)
+        snap = Snapshot.build(self.run_id, self.task, hist, self.hparams, self.max_epochs, every, past, left, self.n_losses)
+        from dataclasses import replace
+
+        return replace(snap, offered=offered_actions(snap, self.bounds))
+
+    def _log(self, snap, out, ms, action, act, violations, source, stale) -> None:
+        proposal, _ = parse_proposal(out) if not isinstance(out, PolicyFailure) else (None, None)
+        self.decision_rows.append(dict(
+            run_id=self.run_id, task=self.task, epoch=snap.epoch, policy_id=getattr(self.policy, "policy_id", "policy"),
+            policy_version=str(getattr(self.policy, "version", "")), snapshot_hash=snap.hash, raw_output=repr(out)[:2000],
+            proposal_json=proposal.model_dump_json() if proposal else None, action=action,
+            action_json=act.to_json() if act else None, violations=list(violations), source=source, latency_ms=ms,
+            staleness_steps=stale))
+
+    def close(self) -> Path | None:
+        """Collect an answer still in flight, then write the trace (if ``record_dir``). Safe to call twice."""
+        if self._closed:
+            return None
+        self._closed = True
+        if self._pending is not None:
+            self.wait(min(self.timeout, 5.0))
+        if self.record_dir is None:
+            return None
+        return self.write_trace(self.record_dir)
+
+    def write_trace(self, out: Path) -> Path:
+        diverged = any(h["diverged"] for h in self.history)
+        status = "diverged" if diverged else ("complete" if self.epoch >= self.max_epochs or self.should_stop else "incomplete")
+        hp = self.hp_init
+        runs = pa.Table.from_pylist([dict(
+            run_id=self.run_id, parent_run_id=None, root_run_id=self.run_id, depth=0, branch_epoch=None,
+            branch_action=None, task=self.task, scenario=self.scenario, seed=self.seed,
+            model=type(self.model).__name__ if self.model is not None else None, n_params=None, dataset=None,
+            init_lr=hp.lr, init_weight_decay=hp.weight_decay, init_dropout=hp.dropout, init_aux_loss_weight=hp.aux_loss_weight,
+            settings_json=dumps({"mode": self.mode, "stale_steps": self.stale_steps, "promotion": self.promotion}),
+            max_epochs=self.max_epochs, decide_every=self.decide_every, status=status, end_epoch=max(self.epoch, 0),
+            source="live", recorder_version="tmsim-live")], schema=RUNS)
+        rows = []
+        prev = None
+        for h in self.history:
+            rows.append(dict(run_id=self.run_id, task=self.task, epoch=h["epoch"], lr=h["lr"], weight_decay=h["weight_decay"],
+                             dropout=h["dropout"], aux_loss_weight=h["aux_loss_weight"], train_loss=_finite(h["train_loss"]),
+                             val_loss=_finite(h["val_loss"]), train_acc=h["train_acc"], val_acc=h["val_acc"],
+                             grad_norm=_finite(h["grad_norm"]), update_ratio=_finite(h["update_ratio"]),
+                             wall_time_s=(h["wall"] - prev) if prev else None, diverged=h["diverged"], source="live"))
+            prev = h["wall"]
+        stem = self.run_id.replace(":", "_")
+        write_table(pa.Table.from_pylist(rows, schema=EPOCHS), out / "epochs" / f"task={self.task}" / f"{stem}.parquet", "epochs")
+        write_table(pa.Table.from_pylist(self.decision_rows, schema=DECISIONS),
+                    out / "decisions" / f"task={self.task}" / f"{stem}.parquet", "decisions")
+        return write_table(runs, out / "runs" / f"task={self.task}" / f"{stem}.parquet", "runs")
+
+    def __enter__(self) -> "LiveManager":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _is_decay_group(group: dict) -> bool:
+    """A group weight decay applies to: it holds at least one matrix (HF keeps biases and norms apart at 0.0)."""
+    return any(getattr(p, "ndim", 2) >= 2 for p in group["params"])
+
+
+def _call(policy, snap: Snapshot, timeout: float):
+    from .decisions import call_with_timeout
+
+    return call_with_timeout(lambda: policy.decide(snap), timeout)
+
+
+def _num(v) -> float | None:
+    if v is None:
+        return None
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return None
+
+
+def _finite(v):
+    return v if v is None or math.isfinite(v) else None
+
+
+
+class TMSimCallback:
+    """A ``transformers.TrainerCallback`` driving a ``LiveManager`` (imported lazily so tmsim works without HF).
+
+    It attaches the trainer's optimizer, scheduler and model at train begin, calls ``on_step_end`` after each
+    optimizer step (so gradient accumulation is respected), feeds each evaluation's metrics to ``on_epoch_end``,
+    and stops training through ``control.should_training_stop``.
+    """
+
+    def __new__(cls, manager: LiveManager):
+        from transformers import TrainerCallback
+
+        class _Callback(TrainerCallback):
+            def __init__(self, mgr):
+                self.mgr = mgr
+                self._train_loss = None
+
+            def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kw):
+                self.mgr.model = self.mgr.model or model
+                self.mgr.optimizer = self.mgr.optimizer or optimizer
+                self.mgr.scheduler = self.mgr.scheduler or lr_scheduler
+
+            def on_step_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
+                if self.mgr.optimizer is None:
+                    self.mgr.optimizer, self.mgr.scheduler = optimizer, lr_scheduler
+                self.mgr.on_step_end()
+                if self.mgr.should_stop:
+                    control.should_training_stop = True
+                return control
+
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and "loss" in logs:
+                    self._train_loss = logs["loss"]
+
+            def on_evaluate(self, args, state, control, metrics=None, **kw):
+                m = metrics or {}
+                self.mgr.on_epoch_end({"train_loss": self._train_loss, "val_loss": m.get("eval_loss"),
+                                       "val_acc": m.get("eval_accuracy")}, epoch=int(round(state.epoch or 0)))
+                if self.mgr.should_stop:
+                    control.should_training_stop = True
+                return control
+
+            def on_train_end(self, args, state, control, **kw):
+                self.mgr.close()
+
+        return _Callback(manager)
