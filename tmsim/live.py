@@ -149,8 +149,10 @@ class LiveManager:
         if self.model is not None:
             import torch
 
+            # One reduction per tensor, one check in all: a NaN or inf anywhere makes its tensor's sum non-finite.
             with torch.no_grad():
-                return not all(bool(torch.isfinite(p).all()) for p in self.model.parameters())
+                sums = torch.stack([p.detach().float().sum() for p in self.model.parameters()])
+                return not bool(torch.isfinite(sums).all())
         return False
 
     # --- async machinery ----------------------------------------------------------------------------------------

@@ -47,12 +47,14 @@ def run_task_live(task_name: str, scenario: str, seed: int, policy, *, mode: str
                 step_hook()
 
         with mgr:
+            t0 = time.perf_counter()
             mgr.on_epoch_end(task.evaluate(state))
             for _ in range(sc.epochs):
                 tr = task.train_epoch(state, on_step=on_step)
                 mgr.on_epoch_end({**task.evaluate(state), **tr})
                 if mgr.should_stop:
                     break
+            mgr.train_seconds = time.perf_counter() - t0  # the training loop only, not the final drain
             if mode == "async":
                 mgr.wait()
         return mgr
