@@ -6,7 +6,7 @@ import pytest
 
 from tmsim.cli import main
 from tmsim.leaderboard import Suite, _boot_median, json_rows, load_suite, run_leaderboard
-from tmsim.policies import ConstantPolicy, RandomPolicy, RulesPolicy, SequencePolicy
+from tmsim.policies import ConstantPolicy, RandomPolicy, RulesPolicy
 from tmsim.report import write_report
 from tmsim.simulator import TreeIndex
 from tmsim.surrogate import Surrogate, segment_data

@@ -8,7 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tmsim.actions import (ALL_ACTIONS, FATAL, KNOBS, Bounds, PolicyFailure, Proposal, action_json_schema,
+from tmsim.actions import (ALL_ACTIONS, FATAL, KNOBS, Bounds, PolicyFailure, action_json_schema,
                            offered_actions, validate)
 from tmsim.cli import main
 from tmsim.decisions import decision_points, run_policy

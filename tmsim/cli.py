@@ -119,7 +119,7 @@ def _cmd_surrogate_fit(args: argparse.Namespace) -> int:
     q = sur.q[1:]
     print(f"surrogate fitted on {sur.info['segments']} segments ({sur.info['rows']} epoch rows, "
           f"{sur.info['diverged_segments']} diverged) in {time.perf_counter() - t0:.1f} s -> {path}")
-    print(f"80% band of log(val loss) per epoch ahead: " + ", ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in q))
+    print("80% band of log(val loss) per epoch ahead: " + ", ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in q))
     return 0
 
 

@@ -19,15 +19,15 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from .actions import Bounds
+from .config import load_toml_model
 from .simulator import Rollout, Simulator, TreeIndex, summarize_rollouts
 
 N_BOOT = 2000
@@ -56,18 +56,7 @@ class Suite(BaseModel):
 
 
 def load_suite(path: str | Path) -> Suite:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: suite not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
-    try:
-        return Suite(**data, path=path)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ValueError(f"{path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+    return load_toml_model(path, Suite, "suite")
 
 
 def _boot_median(x: np.ndarray, seed: int = 0) -> tuple[float, float]:

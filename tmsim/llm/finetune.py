@@ -23,13 +23,13 @@ import json
 import math
 import random
 import time
-import tomllib
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import load_toml_model
 from .prompt import messages
 
 
@@ -65,17 +65,7 @@ class Recipe(BaseModel):
 
 
 def load_recipe(path: str | Path) -> Recipe:
-    path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-        return Recipe(**data, path=path)
-    except FileNotFoundError:
-        raise ValueError(f"{path}: recipe not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ValueError(f"{path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+    return load_toml_model(path, Recipe, "recipe")
 
 
 @dataclass

@@ -18,12 +18,12 @@ from __future__ import annotations
 
 import hashlib
 import importlib
-import tomllib
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from ..config import load_toml_model
 from ..snapshot import Snapshot
 
 
@@ -67,17 +67,7 @@ KINDS = ("constant", "rules", "plateau", "random", "sequence", "oracle", "qwen",
 def load_spec(path: str | Path) -> PolicySpec:
     """Read and check a spec file; errors name the file and the field."""
     path = Path(path)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise ValueError(f"{path}: policy spec not found") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ValueError(f"{path}: not valid TOML ({exc})") from None
-    try:
-        spec = PolicySpec(**data, path=path)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise ValueError(f"{path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+    spec = load_toml_model(path, PolicySpec, "policy spec")
     if spec.kind not in KINDS:
         raise ValueError(f"{path}: field 'kind': unknown kind {spec.kind!r}; known: {', '.join(KINDS)}")
     if spec.kind == "python" and not spec.target:

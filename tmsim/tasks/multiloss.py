@@ -7,7 +7,6 @@ MSE starts near 1 and the classification CE near 2.3: the equal-weight objective
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 
