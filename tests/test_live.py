@@ -189,3 +189,12 @@ def test_plain_pytorch_example_with_the_bundled_promoted_rules(tmp_path):
 
     t = query("select source, count(*) as n from epochs group by all", tmp_path / "rec")
     assert t.to_pylist() == [{"source": "live", "n": 10}]
+
+
+def test_a_change_with_nothing_attached_is_not_recorded_as_applied():
+    mgr = LiveManager(SequencePolicy(["lr_down"]), hparams=Hyperparams(lr=0.1), max_epochs=4, decide_every=1,
+                      mode="sync", allow_unpromoted=True)
+    _epoch(mgr, 0)
+    _epoch(mgr, 1)
+    _epoch(mgr, 2)
+    assert mgr.hparams.lr == 0.1 and mgr.history[-1]["lr"] == 0.1

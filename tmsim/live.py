@@ -202,6 +202,13 @@ class LiveManager:
             self.should_stop = True
             return
         old, new = self.hparams, act.hparams
+        # A knob with nothing attached to turn it is not changed, and the trace must not say it was.
+        if self.optimizer is None and (new.lr != old.lr or new.weight_decay != old.weight_decay):
+            log.warning("tmsim live: an LR/weight-decay change was validated but no optimizer is attached: not applied")
+            new = new.with_(lr=old.lr, weight_decay=old.weight_decay)
+        if self.model is None and new.dropout != old.dropout:
+            log.warning("tmsim live: a dropout change was validated but no model is attached: not applied")
+            new = new.with_(dropout=old.dropout)
         if self.optimizer is not None:
             if new.lr != old.lr:
                 f = new.lr / old.lr
