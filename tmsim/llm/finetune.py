@@ -35,6 +35,7 @@ from .prompt import messages
 
 class StageConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    tasks: list[str] = Field(default_factory=list)  # train this stage on these tasks only (empty: all)
     steps: int = Field(300, ge=1)
     lr: float = Field(2e-3, gt=0)
     batch: int = Field(16, ge=1)
@@ -166,7 +167,11 @@ def agreement(policy, examples: list[Example]) -> dict:
         conf.setdefault(e.target, Counter())[p.action] += 1
         hits += p.action == e.target
     by_action = {a: {"n": sum(c.values()), "recall": c[a] / sum(c.values())} for a, c in conf.items()}
+    by_task: dict[str, list[bool]] = {}
+    for e, p in zip(examples, props):
+        by_task.setdefault(e.task, []).append(p.action == e.target)
     return {"n": len(examples), "accuracy": hits / len(examples) if examples else 0.0,
+            "by_task": {t: sum(v) / len(v) for t, v in sorted(by_task.items())},
             "majority_baseline": max(Counter(e.target for e in examples).values()) / len(examples) if examples else 0.0,
             "by_action": by_action, "confusion": {a: dict(c) for a, c in conf.items()}}
 
@@ -198,14 +203,20 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
               "split": f"train on {recipe.train_seeds} seeds, evaluate on the others", "device": device}
     tok = AutoTokenizer.from_pretrained(base_path)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
-    rows = _encode(tok, train, eos)
+    def stage_rows(stage: StageConfig):
+        ex = [e for e in train if not stage.tasks or e.task in stage.tasks]
+        if not ex:
+            raise ValueError(f"{recipe.path}: no training nodes for tasks {stage.tasks}")
+        return _encode(tok, ex, eos)
+
     report["agreement_prompted"] = agreement(QwenPolicy(str(base_path), device=device), held_eval)
     log(f"prompted base model: oracle agreement {report['agreement_prompted']['accuracy']:.3f} on {len(held_eval)} held-out nodes")
     model_path = base_path
     if recipe.base:
         model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device)
         log(f"stage 1: full-weight training, {recipe.base.steps} steps")
-        report["base_losses"] = _train(model, rows, recipe.base.steps, recipe.base.lr, recipe.base.batch, recipe.seed,
+        report["base_tasks"] = recipe.base.tasks or "all"
+        report["base_losses"] = _train(model, stage_rows(recipe.base), recipe.base.steps, recipe.base.lr, recipe.base.batch, recipe.seed,
                                        tok.pad_token_id, device, log)[-20:]
         out = _path(recipe.base.out, repo, output=True)
         model.save_pretrained(out, safe_serialization=True)
@@ -227,7 +238,8 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
         model = get_peft_model(model, cfg)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
         log(f"stage 2: LoRA r={recipe.lora.r} on {recipe.lora.target_modules}, {trainable:,} trainable parameters, {recipe.lora.steps} steps")
-        report["lora_losses"] = _train(model, rows, recipe.lora.steps, recipe.lora.lr, recipe.lora.batch, recipe.seed + 1,
+        report["lora_tasks"] = recipe.lora.tasks or "all"
+        report["lora_losses"] = _train(model, stage_rows(recipe.lora), recipe.lora.steps, recipe.lora.lr, recipe.lora.batch, recipe.seed + 1,
                                        tok.pad_token_id, device, log)[-20:]
         out = _path(recipe.lora.out, repo, output=True)
         model.save_pretrained(out, safe_serialization=True)

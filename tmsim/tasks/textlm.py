@@ -88,10 +88,10 @@ class TextLM(TorchTask):
 
     def data(self, scenario: Scenario):
         ids = load_corpus()
-        n, ctx = scenario.settings["n_train"], scenario.settings["ctx"]
-        val, test = ids[-20_000:-10_000], ids[-10_000:]
-        # Training windows start anywhere in the split; targets are the next characters.
-        return {"train": (ids[:n], torch.tensor(ctx)), "val": (val, torch.tensor(ctx)), "test": (test, torch.tensor(ctx))}
+        n = scenario.settings["n_train"]
+        # Each split is one character sequence; windows and their next-character targets are cut from it
+        # (``batch`` for training, ``eval_subset`` for evaluation), so the target slot stays empty here.
+        return {"train": (ids[:n], None), "val": (ids[-20_000:-10_000], None), "test": (ids[-10_000:], None)}
 
     def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
         s = scenario.settings
@@ -108,7 +108,7 @@ class TextLM(TorchTask):
         return [torch.randint(0, n, (bs,), generator=gen) for _ in range(steps)]
 
     def batch(self, x, y, idx, state):
-        ctx = int(y)
+        ctx = state.scenario.settings["ctx"]
         return self._windows(x, idx % (len(x) - ctx - 1), ctx)
 
     def _windows(self, ids: torch.Tensor, starts: torch.Tensor, ctx: int):
@@ -122,7 +122,7 @@ class TextLM(TorchTask):
 
     def eval_subset(self, x, y, split, scenario):
         # Fixed, non-overlapping windows over (at most) the first 4,000 characters of the split.
-        ctx = int(y)
+        ctx = scenario.settings["ctx"]
         ids = x[:4_000]
         starts = torch.arange(0, len(ids) - ctx - 1, ctx)
         return self._windows(ids, starts, ctx)
