@@ -239,8 +239,9 @@ class Simulator:
         for o, snap, raw, ms in zip(due, snaps, raws, lat):
             act, violations = validate(raw, snap, self.bounds)
             d = snap.epoch
+            # the snapshot itself is kept (its hash is computed only when an audit asks for it)
             o.decisions.append({"epoch": d, "action": act.action, "violations": violations, "source": act.source,
-                                "latency_ms": ms, "snapshot_hash": snap.hash, "applied": act})
+                                "latency_ms": ms, "snapshot": snap, "applied": act})
             o.chain[d] = act.action if act.intervenes else "continue"
             self._apply(o, act, d)
 

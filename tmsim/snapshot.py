@@ -57,8 +57,7 @@ class EpochView:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "EpochView":
         """Keep only the fields a policy may see; everything else in ``row`` (test metrics included) is dropped."""
-        names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in row.items() if k in names})
+        return cls(**{k: row[k] for k in _VIEW_FIELDS if k in row})
 
 
 _VIEW_FIELDS = tuple(f.name for f in fields(EpochView))
