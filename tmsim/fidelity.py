@@ -54,7 +54,7 @@ def policy_pool() -> list:
     return pool
 
 
-def _scores(sim: Simulator, pool: list, roots: list[str], truncate_ok: bool) -> tuple[dict[str, dict[str, float]], set[str]]:
+def _scores(sim: Simulator, pool: list, roots: list[str]) -> tuple[dict[str, dict[str, float]], set[str]]:
     """{policy: {root: log(final / constant final)}} and the roots where some policy left the recorded tree."""
     finals, off = {}, set()
     for p in pool:
@@ -157,7 +157,7 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
     pool = policy_pool()
     truth_sim = Simulator(index, None, on_off_tree="truncate")
     all_roots = truth_sim.roots()
-    true_scores, off = _scores(truth_sim, pool, all_roots, truncate_ok=True)
+    true_scores, off = _scores(truth_sim, pool, all_roots)
     roots = [r for r in all_roots if r not in off]
     if not roots:
         raise ValueError(f"no root's recorded tree holds every path of the {len(pool)} pool policies "
@@ -175,7 +175,7 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
     for held, train in ((seeds_even, seeds_odd), (seeds_odd, seeds_even)):
         train_seeds = {(index.meta[r]["task"], index.meta[r]["scenario"], index.meta[r]["seed"]) for r in train}
         sur = _fit(index, lambda m, ts=train_seeds: (m["task"], m["scenario"], m["seed"]) in ts, cfg)
-        s, _ = _scores(Simulator(index, sur, replay=False), pool, held, truncate_ok=False)
+        s, _ = _scores(Simulator(index, sur, replay=False), pool, held)
         for pid in s:
             sim_scores[pid].update(s[pid])
         branch += _branch_errors(index, sur, held, cfg)
@@ -203,7 +203,7 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
         for t in tasks:
             held = [r for r in roots if index.meta[r]["task"] == t]
             sur = _fit(index, lambda m, t=t: m["task"] != t, cfg)
-            s, _ = _scores(Simulator(index, sur, replay=False), pool, held, truncate_ok=False)
+            s, _ = _scores(Simulator(index, sur, replay=False), pool, held)
             for pid in s:
                 task_scores[pid].update(s[pid])
             per_task[t] = ranking_agreement(_mean_scores(s, held), _mean_scores(true_scores, held))

@@ -70,10 +70,6 @@ class TreeIndex:
         self._lineage: dict[str, dict[int, dict]] = {}
         self.roots = sorted(r for r, m in self.meta.items() if m["parent_run_id"] is None)
 
-    @property
-    def lineage(self) -> "TreeIndex":
-        return self  # ``index.lineage[rid]`` reads like the SQL view
-
     def __getitem__(self, rid: str) -> dict[int, dict]:
         """{epoch: row} of the run's full history (ancestors up to each branch epoch, then its own epochs)."""
         if rid not in self._lineage:

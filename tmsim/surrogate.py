@@ -138,7 +138,7 @@ def segment_data(index, run_filter=None) -> SegmentData:
     for rid, meta in index.meta.items():
         if run_filter is not None and not run_filter(meta):
             continue
-        rows = index.lineage[rid]
+        rows = index[rid]
         start = meta["branch_epoch"] or 0
         every, E_ = meta["decide_every"], meta["max_epochs"]
         for d in range(every, E_, every):
@@ -160,7 +160,7 @@ def segment_data(index, run_filter=None) -> SegmentData:
             for target, hp_new in targets:
                 if hp_new is None:
                     continue
-                trows = index.lineage[target]
+                trows = index[target]
                 af = action_features(hp, hp_new)
                 diverged = False
                 for k in range(1, nxt - d + 1):
