@@ -43,8 +43,8 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from .actions import Bounds, PolicyFailure, ValidatedAction, offered_actions, parse_proposal, validate
-from .snapshot import EpochView, PastDecision, Snapshot
+from .actions import Bounds, PolicyFailure, ValidatedAction, parse_proposal, validate
+from .snapshot import Snapshot
 from .tasks.base import Hyperparams
 from .trace import DECISIONS, EPOCHS, RUNS, dumps, write_table
 
@@ -82,7 +82,6 @@ class LiveManager:
         self.should_stop = False
         self.history: list[dict] = []
         self.decision_rows: list[dict] = []
-        self.past: list[PastDecision] = []
         self._chain: dict[int, str] = {}
         self._results: queue.Queue = queue.Queue()
         self._pending: dict | None = None  # the decision in flight (async)
@@ -244,20 +243,12 @@ class LiveManager:
 
     # --- snapshots and the trace --------------------------------------------------------------------------------
     def _snapshot(self) -> Snapshot:
-        hist = [EpochView.from_row(h) for h in self.history]
-        every = self.decide_every
-        val = {h["epoch"]: h["val_loss"] for h in self.history}
-        past = []
-        for e in range(every, self.epoch, every):
-            nxt = min(e + every, self.epoch)
-            ch = val[nxt] / val[e] - 1 if val.get(e) and val.get(nxt) is not None else None
-            past.append(PastDecision(e, self._chain.get(e, "continue"), ch))
-        used = sum(p.action != "continue" for p in past)
-        left = None if self.bounds.max_interventions is None else max(self.bounds.max_interventions - used, 0)
-        snap = Snapshot.build(self.run_id, self.task, hist, self.hparams, self.max_epochs, every, past, left, self.n_losses)
-        from dataclasses import replace
+        """The same snapshot the simulator builds at a recorded node (one function serves both)."""
+        from .decisions import _snapshot
 
-        return replace(snap, offered=offered_actions(snap, self.bounds))
+        run = {"run_id": self.run_id, "task": self.task, "decide_every": self.decide_every, "max_epochs": self.max_epochs,
+               "init_aux_loss_weight": self.hp_init.aux_loss_weight if self.n_losses > 1 else None}
+        return _snapshot(run, self.history, self._chain, self.epoch, self.bounds)
 
     def _log(self, snap, out, ms, action, act, violations, source, stale) -> None:
         proposal, _ = parse_proposal(out) if not isinstance(out, PolicyFailure) else (None, None)
