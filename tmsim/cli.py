@@ -66,11 +66,9 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
     from .actions import Bounds
     from .decisions import decision_points, format_report, run_policy
     from .policies import find_specs, make_policy
-    from .trace import load_library, write_table
+    from .trace import write_table
 
-    lib = load_library(args.traces)
-    for p in lib.problems:
-        print(f"tmsim: warning: {p}", file=sys.stderr)
+    lib = _load_lib(args.traces)
     bounds = Bounds()
     snaps = decision_points(lib, bounds, tasks=args.task.split(",") if args.task else None)
     reports = []
@@ -108,12 +106,9 @@ def _cmd_surrogate_fit(args: argparse.Namespace) -> int:
 
     from .simulator import TreeIndex
     from .surrogate import Surrogate, segment_data
-    from .trace import load_library
 
     t0 = time.perf_counter()
-    lib = load_library(args.traces)
-    for p in lib.problems:
-        print(f"tmsim: warning: {p}", file=sys.stderr)
+    lib = _load_lib(args.traces)
     sur = Surrogate(n_estimators=args.trees, seed=args.seed).fit(segment_data(TreeIndex(lib)))
     path = sur.save(args.out)
     q = sur.q[1:]
@@ -128,11 +123,8 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
 
     from . import fidelity
     from .simulator import TreeIndex
-    from .trace import load_library
 
-    lib = load_library(args.traces)
-    for p in lib.problems:
-        print(f"tmsim: warning: {p}", file=sys.stderr)
+    lib = _load_lib(args.traces)
     index = TreeIndex(lib)
     if args.task:
         keep = set(args.task.split(","))

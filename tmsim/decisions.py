@@ -114,6 +114,19 @@ def _raw_text(raw: Any) -> str:
     return text[:2000]
 
 
+def decision_row(policy, snap: Snapshot, raw: Any, ms: float, act: ValidatedAction | None, violations: list[str],
+                 action: str | None = None, source: str | None = None, staleness_steps: int | None = None) -> dict:
+    """One ``decisions`` row (audit trail): the raw output, the parsed proposal, what was applied and why.
+    ``action``/``source`` override the validated action's when the answer was not applied (a stale one)."""
+    proposal, _ = parse_proposal(raw) if not isinstance(raw, PolicyFailure) else (None, None)
+    return dict(
+        run_id=snap.run_id, task=snap.task, epoch=snap.epoch, policy_id=getattr(policy, "policy_id", "policy"),
+        policy_version=str(getattr(policy, "version", "")), snapshot_hash=snap.hash, raw_output=_raw_text(raw),
+        proposal_json=proposal.model_dump_json() if proposal else None, action=action or act.action,
+        action_json=act.to_json() if act else None, violations=list(violations), source=source or act.source,
+        latency_ms=ms, staleness_steps=staleness_steps)
+
+
 def run_policy(policy, snapshots: list[Snapshot], bounds: Bounds | None = None, timeout: float | None = 5.0,
                max_consecutive_timeouts: int = 5, on_decision: Callable[[], None] | None = None) -> tuple[pa.Table, dict]:
     """Ask ``policy`` at every snapshot; returns (audit table in the ``decisions`` schema, report dict).
@@ -136,16 +149,10 @@ def run_policy(policy, snapshots: list[Snapshot], bounds: Bounds | None = None, 
         hung = hung or streak >= max_consecutive_timeouts
         act, violations = validate(raw, snap, bounds)
         unvalidated += not _within(act, snap, bounds)
-        proposal, _ = parse_proposal(raw) if not isinstance(raw, PolicyFailure) else (None, None)
         actions[act.action] += 1
         viol.update(violations)
         fallbacks += act.source == "fallback"
-        for k, v in dict(
-            run_id=snap.run_id, task=snap.task, epoch=snap.epoch, policy_id=policy.policy_id,
-            policy_version=str(policy.version), snapshot_hash=snap.hash, raw_output=_raw_text(raw),
-            proposal_json=proposal.model_dump_json() if proposal else None, action=act.action,
-            action_json=act.to_json(), violations=violations, source=act.source, latency_ms=ms, staleness_steps=None,
-        ).items():
+        for k, v in decision_row(policy, snap, raw, ms, act, violations).items():
             cols[k].append(v)
         if on_decision:
             on_decision()

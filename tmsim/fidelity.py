@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .decisions import _branch_chain
 from .menu import RECORD_MENU, RECORD_MENU_MULTILOSS
 from .policies.baselines import ConstantPolicy, PlateauPolicy, RandomPolicy, RulesPolicy, SequencePolicy
 from .simulator import Simulator, TreeIndex, final_band
@@ -129,11 +130,7 @@ def _descendants(index: TreeIndex, rid: str):
 
 def _sequence(index: TreeIndex, rid: str) -> tuple[str, ...]:
     """The per-decision action list that leads from the root to ``rid`` (``continue`` where nothing happened)."""
-    chain = {}
-    m = index.meta[rid]
-    while m["parent_run_id"] is not None:
-        chain[m["branch_epoch"]] = m["branch_action"]
-        m = index.meta[m["parent_run_id"]]
+    chain = _branch_chain(rid, index.meta)
     every = index.meta[rid]["decide_every"]
     last = max(chain) if chain else 0
     return tuple(chain.get(e, "continue") for e in range(every, last + 1, every))

@@ -43,7 +43,7 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from .actions import Bounds, PolicyFailure, ValidatedAction, parse_proposal, validate
+from .actions import Bounds, PolicyFailure, ValidatedAction, validate
 from .snapshot import Snapshot
 from .tasks.base import Hyperparams
 from .trace import DECISIONS, EPOCHS, RUNS, dumps, write_table
@@ -251,13 +251,9 @@ class LiveManager:
         return _snapshot(run, self.history, self._chain, self.epoch, self.bounds)
 
     def _log(self, snap, out, ms, action, act, violations, source, stale) -> None:
-        proposal, _ = parse_proposal(out) if not isinstance(out, PolicyFailure) else (None, None)
-        self.decision_rows.append(dict(
-            run_id=self.run_id, task=self.task, epoch=snap.epoch, policy_id=getattr(self.policy, "policy_id", "policy"),
-            policy_version=str(getattr(self.policy, "version", "")), snapshot_hash=snap.hash, raw_output=repr(out)[:2000],
-            proposal_json=proposal.model_dump_json() if proposal else None, action=action,
-            action_json=act.to_json() if act else None, violations=list(violations), source=source, latency_ms=ms,
-            staleness_steps=stale))
+        from .decisions import decision_row
+
+        self.decision_rows.append(decision_row(self.policy, snap, out, ms, act, violations, action, source, stale))
 
     def close(self) -> Path | None:
         """Collect an answer still in flight, then write the trace (if ``record_dir``). Safe to call twice."""

@@ -63,10 +63,10 @@ def run_task_live(task_name: str, scenario: str, seed: int, policy, *, mode: str
 
 
 def final_val_loss(mgr: LiveManager) -> float:
-    from .recorder import DIVERGE_FACTOR
+    from .recorder import divergence_penalty
 
     if any(h["diverged"] for h in mgr.history):
-        return DIVERGE_FACTOR * mgr.history[0]["val_loss"]
+        return divergence_penalty(mgr.history[0]["val_loss"])
     return mgr.history[-1]["val_loss"]
 
 

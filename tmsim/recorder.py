@@ -43,6 +43,11 @@ RECORDER_VERSION = f"tmsim-{__version__}/trace-v1"
 #: A run diverges when a loss is not finite or its validation loss exceeds this multiple of the initial one.
 DIVERGE_FACTOR = 3.0
 
+
+def divergence_penalty(initial_val_loss: float) -> float:
+    """The final validation loss a diverged run scores: the threshold it crossed (simulator, truth and live alike)."""
+    return DIVERGE_FACTOR * initial_val_loss
+
 Branch = tuple[tuple[int, str], ...]  # the (epoch, action) decisions that lead from the root to a run
 
 

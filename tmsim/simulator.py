@@ -38,7 +38,7 @@ import numpy as np
 from .actions import Bounds, PolicyFailure, ValidatedAction, validate
 from .decisions import _snapshot, call_with_timeout
 from .query import TraceDB
-from .recorder import DIVERGE_FACTOR
+from .recorder import divergence_penalty
 from .snapshot import EpochView
 from .surrogate import FEATURES, Surrogate, action_features, state_features
 from .tasks.base import Hyperparams
@@ -93,7 +93,7 @@ class TreeIndex:
         """The recorded final validation loss (diverged: the divergence penalty)."""
         rows = self[rid]
         if self.meta[rid]["status"] == "diverged":
-            return DIVERGE_FACTOR * rows[0]["val_loss"]
+            return divergence_penalty(rows[0]["val_loss"])
         return rows[max(rows)]["val_loss"]
 
 
@@ -126,7 +126,7 @@ class Rollout:
         initial validation loss). The surrogate calls a segment diverged when its probability reaches one half;
         ``p_diverged`` keeps the accumulated probability for safety scores."""
         if self.diverged:
-            return DIVERGE_FACTOR * self.epochs[0]["val_loss"]
+            return divergence_penalty(self.epochs[0]["val_loss"])
         return self.epochs[-1]["val_loss"]
 
     @property
