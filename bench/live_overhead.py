@@ -18,8 +18,8 @@ from pathlib import Path
 
 import torch
 
-from tmsim.actions import Proposal
-from tmsim.livefidelity import run_task_live
+from tmsim.core import Proposal
+from tmsim.live.fidelity import run_task_live
 from tmsim.tasks import get_task
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tmsim.trace import load_library, write_table
+from tmsim.traces import load_library, write_table
 
 REPO = Path(__file__).resolve().parent.parent
 

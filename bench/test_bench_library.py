@@ -15,8 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from make_big_library import make  # noqa: E402
 
-from tmsim.query import connect  # noqa: E402
-from tmsim.recorder import TreeSpec, plan_tree, record, record_tree  # noqa: E402
+from tmsim.traces.query import connect  # noqa: E402
+from tmsim.record import TreeSpec, plan_tree, record, record_tree  # noqa: E402
 
 BIG_ROWS = int(os.environ.get("TMSIM_BENCH_ROWS", 10_000_000))
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from tmsim.decisions import decision_points
-from tmsim.llm.policy import QwenPolicy
-from tmsim.trace import load_library
+from tmsim.policies.check import decision_points
+from tmsim.policies.llm.policy import QwenPolicy
+from tmsim.traces import load_library
 
 REPO = Path(__file__).resolve().parent.parent
 N = 48

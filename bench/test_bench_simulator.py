@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 
 from tmsim.policies import RulesPolicy
-from tmsim.simulator import Simulator, TreeIndex
-from tmsim.surrogate import Surrogate, segment_data
-from tmsim.trace import load_library
+from tmsim.simulate import Simulator
+from tmsim.traces import TreeIndex
+from tmsim.simulate import Surrogate, segment_data
+from tmsim.traces import load_library
 
 REPO = Path(__file__).resolve().parent.parent
 

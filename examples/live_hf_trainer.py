@@ -18,7 +18,7 @@ import torch
 
 from tmsim.live import LiveManager, TMSimCallback
 from tmsim.policies import load_spec, make_policy
-from tmsim.tasks import Hyperparams
+from tmsim.core import Hyperparams
 
 REPO = Path(__file__).resolve().parent.parent
 

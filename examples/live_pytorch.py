@@ -16,7 +16,7 @@ from torch import nn
 
 from tmsim.live import LiveManager
 from tmsim.policies import load_spec, make_policy
-from tmsim.tasks import Hyperparams
+from tmsim.core import Hyperparams
 
 
 def main(spec: str = "policies/rules.toml", record: str | None = None, promotions: str | None = None,

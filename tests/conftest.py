@@ -18,7 +18,7 @@ def _seed_everything():
 @pytest.fixture(scope="session")
 def small_library(tmp_path_factory):
     """A real, small library: digits-mlp overfit + healthy, seeds 0-1, depth 2 (recorded once per session)."""
-    from tmsim.recorder import record, specs_from_args
+    from tmsim.record import record, specs_from_args
 
     out = tmp_path_factory.mktemp("lib")
     specs = specs_from_args(["digits-mlp"], ["overfit", "healthy"], [0, 1], depth=2, decide_every=None, budget=None)
@@ -34,7 +34,7 @@ def bundled():
 @pytest.fixture(scope="session")
 def deep_library(tmp_path_factory):
     """Full depth-3 digits-mlp plateau trees, seeds 0-1: every pool policy's path is recorded (for fidelity)."""
-    from tmsim.recorder import record, specs_from_args
+    from tmsim.record import record, specs_from_args
 
     out = tmp_path_factory.mktemp("deep")
     record(specs_from_args(["digits-mlp"], ["plateau"], [0, 1], depth=3, decide_every=None, budget=None), out,

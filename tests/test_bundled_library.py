@@ -1,9 +1,9 @@
 """The bundled library in traces/ holds what the project promises: real, valid, varied recordings."""
 import pyarrow.compute as pc
 
-from tmsim.query import connect
-from tmsim.summary import summary_table
-from tmsim.trace import load_library
+from tmsim.traces.query import connect
+from tmsim.traces.summary import summary_table
+from tmsim.traces import load_library
 
 
 def test_bundled_library_is_valid_and_complete(bundled):

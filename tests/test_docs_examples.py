@@ -12,7 +12,7 @@ import re
 import pytest
 
 from tests.conftest import REPO
-from tmsim.actions import ALL_ACTIONS, VIOLATIONS, Bounds
+from tmsim.core import ALL_ACTIONS, VIOLATIONS, Bounds
 from tmsim.cli import main
 from tmsim.policies import load_spec, make_policy
 

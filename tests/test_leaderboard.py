@@ -5,12 +5,12 @@ import numpy as np
 import pytest
 
 from tmsim.cli import main
-from tmsim.leaderboard import Suite, _boot_median, json_rows, load_suite, run_leaderboard
+from tmsim.evaluate.leaderboard import Suite, boot_median, json_rows, load_suite, run_leaderboard
 from tmsim.policies import ConstantPolicy, RandomPolicy, RulesPolicy
-from tmsim.report import write_report
-from tmsim.simulator import TreeIndex
-from tmsim.surrogate import Surrogate, segment_data
-from tmsim.trace import load_library
+from tmsim.evaluate.report import write_report
+from tmsim.traces import TreeIndex
+from tmsim.simulate import Surrogate, segment_data
+from tmsim.traces import load_library
 
 KEYS = {"policy", "val_loss_change_pct", "ci_low", "ci_high", "regret", "unsafe_rate", "violations_per_100",
         "fallback_rate", "latency_ms_p50", "replayed_share"}
@@ -40,8 +40,8 @@ def test_oracle_first_constant_zero_and_required_keys(result):
 
 def test_bootstrap_interval_is_deterministic_and_brackets_the_median():
     x = np.random.default_rng(3).normal(-10, 5, size=40)
-    lo, hi = _boot_median(x)
-    assert (lo, hi) == _boot_median(x) and lo < np.median(x) < hi
+    lo, hi = boot_median(x)
+    assert (lo, hi) == boot_median(x) and lo < np.median(x) < hi
 
 
 def test_report_files(result, tmp_path):

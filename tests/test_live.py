@@ -8,12 +8,12 @@ import pytest
 import torch
 from torch import nn
 
-from tmsim.actions import Proposal
+from tmsim.core import Proposal
 from tmsim.cli import REPO, main
 from tmsim.live import LiveManager, NotPromotedError
 from tmsim.policies import SequencePolicy
-from tmsim.tasks import Hyperparams
-from tmsim.trace import load_library
+from tmsim.core import Hyperparams
+from tmsim.traces import load_library
 
 sys.path.insert(0, str(REPO))
 
@@ -185,7 +185,7 @@ def test_plain_pytorch_example_with_the_bundled_promoted_rules(tmp_path):
     mgr = pt_main(record=str(tmp_path / "rec"), mode="sync", epochs=9)
     assert mgr.promotion == "promoted (rules)"
     assert len(mgr.history) == 10 and all(math.isfinite(h["val_loss"]) for h in mgr.history)
-    from tmsim.query import query
+    from tmsim.traces.query import query
 
     t = query("select source, count(*) as n from epochs group by all", tmp_path / "rec")
     assert t.to_pylist() == [{"source": "live", "n": 10}]

@@ -8,14 +8,15 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tmsim.actions import (ALL_ACTIONS, FATAL, KNOBS, Bounds, PolicyFailure, action_json_schema,
+from tmsim.core import (ALL_ACTIONS, FATAL, KNOBS, Bounds, PolicyFailure, action_json_schema,
                            offered_actions, validate)
 from tmsim.cli import main
-from tmsim.decisions import decision_points, run_policy
+from tmsim.policies.check import decision_points, run_policy
 from tmsim.policies import OraclePolicy, PlateauPolicy, RandomPolicy, RulesPolicy, find_specs, load_spec, make_policy
-from tmsim.snapshot import EpochView, PastDecision, Snapshot
-from tmsim.tasks import Hyperparams, get_task
-from tmsim.trace import load_library
+from tmsim.core import EpochView, PastDecision, Snapshot
+from tmsim.core import Hyperparams
+from tmsim.tasks import get_task
+from tmsim.traces import load_library
 
 
 def snap(hp=None, epoch=10, losses=1, left=None, history=None, decisions=()):
@@ -171,7 +172,7 @@ def test_random_is_seeded_and_order_independent(small_library):
 def test_oracle_reaches_the_best_recorded_leaf(small_library):
     lib = load_library(small_library)
     oracle = OraclePolicy(lib)
-    from tmsim.query import TraceDB
+    from tmsim.traces.query import TraceDB
 
     with TraceDB(lib) as db:
         rows = db.sql("select root_run_id, min(coalesce(final_val_loss, 'inf'::double)) as b from finals group by 1")
@@ -263,7 +264,7 @@ def test_adversarial_policy_through_policy_check(small_library, tmp_path, capsys
     assert report["decisions"] > 0 and 0 < report["fallback_rate"] < 1
     assert {"decisions", "violations", "fallback_rate", "latency_ms_p50", "latency_ms_p95"} <= set(report)
     # the audit is a valid decisions table in the trace format
-    from tmsim.trace import read_table, table_files
+    from tmsim.traces import read_table, table_files
 
     files = table_files(tmp_path / "audit", "decisions")
     rows = read_table(files[0], "decisions").to_pylist()

@@ -5,7 +5,7 @@ import pyarrow as pa
 import pytest
 
 from tmsim.cli import main
-from tmsim.query import connect, format_table, query
+from tmsim.traces.query import connect, format_table, query
 
 
 def test_views_and_python_api_return_arrow(small_library):

@@ -3,12 +3,12 @@ import json
 
 import pytest
 
-from tmsim.actions import ALL_ACTIONS, Bounds
-from tmsim.decisions import decision_points, run_policy
-from tmsim.llm.finetune import Recipe, build_dataset, run_recipe
-from tmsim.llm.model import init_model
-from tmsim.llm.policy import AdapterError, QwenPolicy
-from tmsim.trace import load_library
+from tmsim.core import ALL_ACTIONS, Bounds
+from tmsim.policies.check import decision_points, run_policy
+from tmsim.policies.llm.finetune import Recipe, build_dataset, run_recipe
+from tmsim.policies.llm.model import init_model
+from tmsim.policies.llm.policy import AdapterError, QwenPolicy
+from tmsim.traces import load_library
 
 
 @pytest.fixture(scope="module")

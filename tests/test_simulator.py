@@ -5,11 +5,12 @@ import zipfile
 import numpy as np
 import pytest
 
-from tmsim.actions import Proposal
+from tmsim.core import Proposal
 from tmsim.policies import ConstantPolicy, OraclePolicy, RulesPolicy, SequencePolicy
-from tmsim.simulator import Simulator, TreeIndex, final_band, summarize_rollouts
-from tmsim.surrogate import FEATURES, Surrogate, SurrogateError, segment_data
-from tmsim.trace import load_library
+from tmsim.simulate import Simulator, final_band, summarize_rollouts
+from tmsim.traces import TreeIndex
+from tmsim.simulate import FEATURES, Surrogate, SurrogateError, segment_data
+from tmsim.traces import load_library
 
 
 @pytest.fixture(scope="module")

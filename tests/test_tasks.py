@@ -1,11 +1,12 @@
 import pytest
 import torch
 
-from tmsim.menu import apply_action, offered_actions
-from tmsim.tasks import TASKS, Hyperparams, get_task
+from tmsim.core import apply_action, changing_actions
+from tmsim.core import Hyperparams
+from tmsim.tasks import get_task, task_names
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", task_names())
 def test_every_task_trains_evaluates_and_has_four_scenarios(name):
     task = get_task(name)
     assert len(task.scenarios()) >= 4
@@ -19,7 +20,7 @@ def test_every_task_trains_evaluates_and_has_four_scenarios(name):
     assert set(after) == {"train_loss", "val_loss", "test_loss", "train_acc", "val_acc", "test_acc"}
 
 
-@pytest.mark.parametrize("name", sorted(TASKS))
+@pytest.mark.parametrize("name", task_names())
 def test_save_restore_continues_bit_for_bit(name):
     task = get_task(name)
     sc = next(iter(task.scenarios()))
@@ -58,11 +59,11 @@ def test_multiloss_weight_changes_training_loss():
 
 def test_menu_offers_only_actions_that_change_something():
     hp = Hyperparams(lr=0.1, dropout=0.5)
-    offered = offered_actions(hp, losses=1)
+    offered = changing_actions(hp, losses=1)
     assert "dropout_up" not in offered and "dropout_down" in offered
     assert not any(a.startswith("aux_") for a in offered)
     assert "weight_decay_down" not in offered  # already zero
-    assert "aux_weight_up" in offered_actions(Hyperparams(lr=0.1, aux_loss_weight=1.0), losses=2)
+    assert "aux_weight_up" in changing_actions(Hyperparams(lr=0.1, aux_loss_weight=1.0), losses=2)
     assert apply_action(hp, "lr_up").lr == pytest.approx(0.2)
     assert apply_action(Hyperparams(lr=0.1), "weight_decay_up").weight_decay > 0
     with pytest.raises(ValueError, match="unknown action"):

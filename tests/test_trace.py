@@ -5,8 +5,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tmsim.recorder import TreeSpec, record_tree
-from tmsim.trace import (EPOCHS, RUNS, SCHEMA_VERSION, TraceError, content_hash, load_library, read_table,
+from tmsim.record import TreeSpec, record_tree
+from tmsim.traces import (EPOCHS, RUNS, SCHEMA_VERSION, TraceError, content_hash, load_library, read_table,
                          table_files, write_table)
 
 
@@ -43,7 +43,7 @@ def test_same_seed_same_trace_and_another_seed_differs():
 
 
 def test_files_are_byte_identical_for_the_same_seed(tmp_path):
-    from tmsim.recorder import record, tree_paths
+    from tmsim.record import record, tree_paths
 
     spec = TreeSpec("multiloss", "imbalance", 1, depth=1)
     for d in ("a", "b"):

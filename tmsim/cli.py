@@ -5,7 +5,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from .trace import TraceError
+from .traces.format import TraceError
 
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_TRACES = REPO / "traces"
@@ -30,7 +30,7 @@ def default_traces() -> Path:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from .recorder import parse_seeds, record, specs_from_args
+    from .record import parse_seeds, record, specs_from_args
 
     tasks = args.task.split(",")
     scenarios = None if args.scenario in (None, "all") else args.scenario.split(",")
@@ -42,7 +42,7 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from .query import connect, format_table
+    from .traces.query import connect, format_table
 
     with connect(args.traces, warn=sys.stderr) as q:
         table = q.sql(args.sql)
@@ -51,7 +51,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _cmd_summary(args: argparse.Namespace) -> int:
-    from .summary import summarize
+    from .traces.summary import summarize
 
     print(summarize(args.traces, warn=sys.stderr))
     return 0
@@ -63,17 +63,17 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
     import pyarrow.compute as pc
     from tqdm import tqdm
 
-    from .actions import Bounds
-    from .decisions import decision_points, format_report, run_policy
+    from .core.actions import Bounds
     from .policies import find_specs, make_policy
-    from .trace import write_table
+    from .policies.check import decision_points, format_report, run_policy
+    from .traces import TreeIndex, write_table
 
-    lib = _load_lib(args.traces)
+    index = TreeIndex(_load_lib(args.traces))
     bounds = Bounds()
-    snaps = decision_points(lib, bounds, tasks=args.task.split(",") if args.task else None)
+    snaps = decision_points(index, bounds, tasks=args.task.split(",") if args.task else None)
     reports = []
     for spec in find_specs(args.spec):
-        policy = make_policy(spec, lib)
+        policy = make_policy(spec, index)
         with tqdm(total=len(snaps), desc=spec.name, unit="decision", disable=args.quiet, leave=False) as bar:
             audit, report = run_policy(policy, snaps, bounds, timeout=args.timeout, on_decision=lambda: bar.update(1))
         print(format_report(report))
@@ -92,7 +92,7 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
 def _cmd_policy_schema(args: argparse.Namespace) -> int:
     import json
 
-    from .actions import action_json_schema
+    from .core.actions import action_json_schema
 
     print(json.dumps(action_json_schema(), indent=2))
     return 0
@@ -104,8 +104,8 @@ DEFAULT_SURROGATE = Path("eval/surrogates/default.skops")
 def _cmd_surrogate_fit(args: argparse.Namespace) -> int:
     import time
 
-    from .simulator import TreeIndex
-    from .surrogate import Surrogate, segment_data
+    from .simulate.surrogate import Surrogate, segment_data
+    from .traces import TreeIndex
 
     t0 = time.perf_counter()
     lib = _load_lib(args.traces)
@@ -121,8 +121,8 @@ def _cmd_surrogate_fit(args: argparse.Namespace) -> int:
 def _cmd_fidelity(args: argparse.Namespace) -> int:
     import json
 
-    from . import fidelity
-    from .simulator import TreeIndex
+    from .evaluate import fidelity
+    from .traces import TreeIndex
 
     lib = _load_lib(args.traces)
     index = TreeIndex(lib)
@@ -144,7 +144,7 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
 
 
 def _load_lib(traces):
-    from .trace import load_library
+    from .traces import load_library
 
     lib = load_library(traces)
     for p in lib.problems:
@@ -155,25 +155,25 @@ def _load_lib(traces):
 def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: float | None = None):
     from tqdm import tqdm
 
-    from .leaderboard import library_hash, run_leaderboard
+    from .evaluate.leaderboard import run_leaderboard
     from .policies import make_policy
-    from .simulator import TreeIndex
-    from .surrogate import surrogate_for
+    from .simulate.surrogate import surrogate_for
+    from .traces import TreeIndex
 
-    lh = library_hash(lib)
+    index = TreeIndex(lib)  # the one index of this run: the surrogate's data, the oracle and the simulator share it
     log = None if quiet else (lambda m: print(f"tmsim: {m}", file=sys.stderr))
-    sur, sid, path = surrogate_for(TreeIndex(lib), lh, surrogate_cache(), log=log)
-    policies = [make_policy(s, lib) for s in specs]
+    sur, sid, path = surrogate_for(index, lib.digest(), surrogate_cache(), log=log)
+    policies = [make_policy(s, index) for s in specs]
     with tqdm(total=len({p.policy_id for p in policies} | {"constant", "oracle"}), desc="policies", unit="policy",
               disable=quiet, leave=False) as bar:
-        return run_leaderboard(lib, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout,
+        return run_leaderboard(index, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout,
                                workers=workers, specs=specs, surrogate_path=str(path))
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
-    from .leaderboard import dumps, format_table, load_suite
+    from .evaluate.leaderboard import dumps, format_table, load_suite
+    from .evaluate.report import write_report
     from .policies import find_specs
-    from .report import write_report
 
     suite = load_suite(args.suite)
     specs = [s for arg in args.policies for s in find_specs(arg)]
@@ -191,13 +191,13 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from .leaderboard import library_hash, load_suite
-    from .promote import check_record, gate, write_record
+    from .evaluate.leaderboard import load_suite
+    from .evaluate.promote import check_record, gate, write_record
 
     spec = _resolve_spec(args.policy)
     if args.check:
         lib = _load_lib(args.traces) if args.traces_given else None
-        ok, problems = check_record(spec, args.promotions, library_hash(lib) if lib else None)
+        ok, problems = check_record(spec, args.promotions, lib.digest() if lib else None)
         if ok:
             print(f"{spec.name}: promotion record {args.promotions / (spec.name + '.json')} matches the files")
             return 0
@@ -232,7 +232,7 @@ def _resolve_spec(name: str):
 
 
 def _cmd_model_init(args: argparse.Namespace) -> int:
-    from .llm.model import MODEL_NAME, init_model
+    from .policies.llm.model import MODEL_NAME, init_model
 
     out = init_model(args.out, args.traces, vocab_size=args.vocab, hidden=args.hidden, layers=args.layers, seed=args.seed)
     print(f"{MODEL_NAME}: Qwen3-architecture model and tokenizer written to {out} (random init, seed {args.seed})")
@@ -242,7 +242,7 @@ def _cmd_model_init(args: argparse.Namespace) -> int:
 def _cmd_finetune(args: argparse.Namespace) -> int:
     import json
 
-    from .llm.finetune import load_recipe, run_recipe
+    from .policies.llm.finetune import load_recipe, run_recipe
 
     recipe = load_recipe(args.recipe)
     report = run_recipe(recipe, REPO, log=lambda m: print(m, file=sys.stderr))
@@ -260,12 +260,11 @@ def _cmd_finetune(args: argparse.Namespace) -> int:
 
 def _live_fidelity(lib, index, say) -> dict:
     """Sim-vs-live on held-out seeds: seed 1 of every digits-mlp scenario and of multiloss overfit/imbalance."""
-    from .fidelity import policy_pool
-    from .leaderboard import library_hash
-    from .livefidelity import measure_live
-    from .surrogate import surrogate_for
+    from .evaluate.fidelity import policy_pool
+    from .live.fidelity import measure_live
+    from .simulate.surrogate import surrogate_for
 
-    sur, _, _ = surrogate_for(index, library_hash(lib), surrogate_cache(), log=say)
+    sur, _, _ = surrogate_for(index, lib.digest(), surrogate_cache(), log=say)
     keep = {"constant", "rules", "rules-gap1.0", "rules-slow0.03", "rules-weight_decay_up", "plateau-p1",
             "seq-lr_down", "seq-lr_down-lr_down-lr_down", "seq-continue-lr_up", "seq-continue-continue-stop"}
     pool = [p for p in policy_pool() if p.policy_id in keep]

@@ -13,8 +13,8 @@ bound) is never proposed; the policy answers ``continue`` instead, so the valida
 """
 from __future__ import annotations
 
-from tmsim.actions import Proposal
-from tmsim.snapshot import Snapshot
+from tmsim.core import Proposal
+from tmsim.core import Snapshot
 
 
 class GapPolicy:

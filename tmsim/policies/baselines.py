@@ -5,9 +5,9 @@ import hashlib
 import random
 from dataclasses import dataclass
 
-from ..actions import Proposal
-from ..menu import ACTIONS, LR_FACTOR
-from ..snapshot import Snapshot
+from ..core.actions import Proposal
+from ..core.menu import ACTIONS, LR_FACTOR
+from ..core.snapshot import Snapshot
 
 
 @dataclass

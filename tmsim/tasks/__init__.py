@@ -1,20 +1,9 @@
-"""Real training tasks behind one small interface (see ``tmsim.tasks.base``)."""
+"""Real training tasks behind one small interface (see ``tmsim.tasks.base``) and their registry."""
 from __future__ import annotations
 
-from .base import METRICS, Hyperparams, Scenario, TorchTask, TrainState
-from .digits import DigitsMLP
-from .multiloss import MultiLoss
-from .textlm import TextLM
+from ..core.hparams import Hyperparams
+from .base import METRICS, Scenario, TorchTask, TrainState
+from .registry import TASKS, get_task, register, task_names
 
-TASKS: dict[str, type[TorchTask]] = {t.name: t for t in (DigitsMLP, TextLM, MultiLoss)}
-
-
-def get_task(name: str) -> TorchTask:
-    """The task called ``name`` (``digits-mlp``, ``text-lm``, ``multiloss``)."""
-    try:
-        return TASKS[name]()
-    except KeyError:
-        raise ValueError(f"unknown task {name!r}; known: {sorted(TASKS)}") from None
-
-
-__all__ = ["METRICS", "TASKS", "Hyperparams", "Scenario", "TorchTask", "TrainState", "get_task"]
+__all__ = ["METRICS", "TASKS", "Hyperparams", "Scenario", "TorchTask", "TrainState", "get_task", "register",
+           "task_names"]

@@ -20,29 +20,14 @@ Example
 from __future__ import annotations
 
 import io
-import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Callable
 
 import torch
 from torch import nn
 
-
-@dataclass(frozen=True)
-class Hyperparams:
-    """The knobs a training manager may turn. ``aux_loss_weight`` is ``None`` for single-loss tasks."""
-
-    lr: float
-    weight_decay: float = 0.0
-    dropout: float = 0.0
-    aux_loss_weight: float | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def with_(self, **changes: Any) -> "Hyperparams":
-        return replace(self, **changes)
+from ..core.hparams import Hyperparams
 
 
 @dataclass(frozen=True)
@@ -251,7 +236,3 @@ class TorchTask:
         torch.set_rng_state(d["torch_rng"])
         state.epoch, state.samples_seen = d["epoch"], d["samples_seen"]
         return state
-
-
-def is_finite(x: float | None) -> bool:
-    return x is None or math.isfinite(x)

@@ -16,7 +16,6 @@ Suites (``eval/suites/*.toml``) choose tasks, scenarios, seeds, the bounds and t
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from dataclasses import dataclass, field
@@ -26,9 +25,11 @@ from typing import Any
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
-from .actions import Bounds
-from .config import load_toml_model
-from .simulator import Rollout, Simulator, TreeIndex, summarize_rollouts
+from ..core.actions import Bounds
+from ..core.config import load_toml_model
+from ..policies.protocol import is_upper_bound, model_stats
+from ..simulate.simulator import Rollout, Simulator, summarize_rollouts
+from ..traces.index import TreeIndex
 
 N_BOOT = 2000
 
@@ -59,7 +60,7 @@ def load_suite(path: str | Path) -> Suite:
     return load_toml_model(path, Suite, "suite")
 
 
-def _boot_median(x: np.ndarray, seed: int = 0) -> tuple[float, float]:
+def boot_median(x: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """95% percentile-bootstrap interval of the median of ``x`` (vectorised resampling)."""
     if len(x) < 2:
         return (float(x[0]), float(x[0])) if len(x) else (math.nan, math.nan)
@@ -119,12 +120,12 @@ def score_policy(policy_id: str, rollouts: list[Rollout], constant: dict[str, Ro
             regret = float(np.mean((fin[ok] - orc[ok]) / denom[ok]))
     s = summarize_rollouts(rollouts)
     n_dec = max(s["decisions"], 1)
-    lo, hi = _boot_median(change)
-    blo, bhi = _boot_median(change_best)
+    lo, hi = boot_median(change)
+    blo, bhi = boot_median(change_best)
     per = {}
     for sc in sorted({o.scenario for o in rollouts}):
         m = np.array([o.scenario == sc for o in rollouts])
-        clo, chi = _boot_median(change[m])
+        clo, chi = boot_median(change[m])
         per[sc] = {"roots": int(m.sum()), "val_loss_change_pct": float(np.median(change[m])), "ci_low": clo,
                    "ci_high": chi, "unsafe_rate": float(unsafe[m].mean())}
     return PolicyScore(
@@ -157,34 +158,23 @@ class LeaderboardResult:
         return [s.to_dict() for s in self.ranked()]
 
 
-def library_hash(library) -> str:
-    """SHA-256 over every trace file of the library (relative path and bytes), in path order."""
-    h = hashlib.sha256()
-    root = Path(library.root)
-    for kind in sorted(library.files):
-        for p in sorted(library.files[kind]):
-            h.update(str(p.relative_to(root)).encode())
-            h.update(hashlib.sha256(p.read_bytes()).digest())
-    return h.hexdigest()
-
-
 _WORKER: dict = {}
 
 
 def _worker_init(traces: str, surrogate_path: str | None, bounds_json: str) -> None:
-    from .surrogate import Surrogate
-    from .trace import load_library
+    from ..simulate.surrogate import Surrogate
+    from ..traces.format import load_library
 
-    lib = load_library(traces)
+    index = TreeIndex(load_library(traces))
     sur = Surrogate.load(surrogate_path) if surrogate_path else None
-    _WORKER.update(lib=lib, sim=Simulator(TreeIndex(lib), sur, Bounds.model_validate_json(bounds_json)))
+    _WORKER.update(index=index, sim=Simulator(index, sur, Bounds.model_validate_json(bounds_json)))
 
 
 def _worker_rollout(spec_path: str, roots: list[str], timeout: float | None):
-    from .policies import load_spec, make_policy
+    from ..policies import load_spec, make_policy
 
     spec = load_spec(spec_path)
-    pol = make_policy(spec, _WORKER["lib"])
+    pol = make_policy(spec, _WORKER["index"])
     return spec.name, _WORKER["sim"].rollout(pol, roots, timeout=timeout)
 
 
@@ -193,12 +183,14 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
                     surrogate_path: str | None = None) -> LeaderboardResult:
     """Roll every policy out on the suite's roots and score it against ``constant`` and ``oracle``.
 
-    With ``workers > 1`` and ``specs`` (the policies' spec files), the rollouts of the spec'd policies run in a
+    ``library`` is a ``TreeIndex`` (built once by the caller and shared with the policies and the surrogate) or a
+    ``Library``. With ``workers > 1`` and ``specs`` (the policies' spec files), the rollouts of the spec'd policies run in a
     process pool; each worker reads the library and loads the surrogate from ``surrogate_path`` once.
     """
-    from .policies import ConstantPolicy, OraclePolicy
+    from ..policies import ConstantPolicy, OraclePolicy
 
-    index = TreeIndex(library)
+    index = library if isinstance(library, TreeIndex) else TreeIndex(library)
+    library = index.library
     sim = Simulator(index, surrogate, suite.bounds)
     roots = sim.roots(suite.tasks or None, suite.scenarios or None, suite.seeds or None)
     if not roots:
@@ -207,7 +199,7 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
     if "constant" not in by_id:
         by_id = {"constant": ConstantPolicy(), **by_id}
     if "oracle" not in by_id:
-        by_id["oracle"] = OraclePolicy(library)
+        by_id["oracle"] = OraclePolicy(index)
     rollouts: dict[str, list[Rollout]] = {}
     pooled = {s.name: s for s in (specs or []) if s.path is not None} if workers > 1 else {}
     if pooled:
@@ -236,13 +228,13 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
                 progress(pid)
     constant = {o.root: o for o in rollouts["constant"]}
     oracle = {o.root: o for o in rollouts["oracle"]}
-    scores = [score_policy(pid, outs, constant, oracle, suite.gate, bool(getattr(by_id[pid], "is_upper_bound", False)))
+    scores = [score_policy(pid, outs, constant, oracle, suite.gate, is_upper_bound(by_id[pid]))
               for pid, outs in rollouts.items()]
     for s in scores:
-        stats = getattr(by_id[s.policy], "stats", None)
+        stats = model_stats(by_id[s.policy])
         if stats and stats.get("decisions"):
             s.model_fallback_rate = stats["fallbacks"] / stats["decisions"]
-    return LeaderboardResult(suite, scores, rollouts, roots, library_hash(library), surrogate_id)
+    return LeaderboardResult(suite, scores, rollouts, roots, library.digest(), surrogate_id)
 
 
 def _ci(s: PolicyScore) -> str:

@@ -4,7 +4,7 @@ Layout of a trace library directory::
 
     LIB/runs/task=digits-mlp/overfit-s0.parquet
     LIB/epochs/task=digits-mlp/overfit-s0.parquet
-    LIB/decisions/task=.../....parquet        (written by the simulator and the live hook)
+    LIB/decisions/task=.../....parquet        (written by the live hook and `tmsim policy check --audit`)
 
 Each file carries ``tmsim.schema_version`` and ``tmsim.table`` in its Parquet key-value metadata. Every column is
 documented in ``docs/trace-format.md``; the schemas below are the single source of truth for names and types.
@@ -24,6 +24,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from ..core.hparams import KNOBS
+
 SCHEMA_VERSION = "1"
 TABLES = ("runs", "epochs", "decisions")
 
@@ -41,10 +43,7 @@ RUNS = pa.schema(
         ("model", pa.string()),
         ("n_params", pa.int64()),
         ("dataset", pa.string()),
-        ("init_lr", pa.float64()),
-        ("init_weight_decay", pa.float64()),
-        ("init_dropout", pa.float64()),
-        ("init_aux_loss_weight", pa.float64()),
+        *[(f"init_{k}", pa.float64()) for k in KNOBS],
         ("settings_json", pa.string()),
         ("max_epochs", pa.int32()),
         ("decide_every", pa.int32()),
@@ -60,10 +59,7 @@ EPOCHS = pa.schema(
         ("run_id", pa.string()),
         ("task", pa.string()),
         ("epoch", pa.int32()),
-        ("lr", pa.float64()),
-        ("weight_decay", pa.float64()),
-        ("dropout", pa.float64()),
-        ("aux_loss_weight", pa.float64()),
+        *[(k, pa.float64()) for k in KNOBS],
         ("train_loss", pa.float64()),
         ("val_loss", pa.float64()),
         ("test_loss", pa.float64()),
@@ -109,7 +105,7 @@ REQUIRED = {
 }
 #: Float columns whose non-null values must be finite (a diverged epoch stores null and ``diverged = true``).
 FINITE = {
-    "runs": ("init_lr", "init_weight_decay", "init_dropout", "init_aux_loss_weight"),
+    "runs": tuple(f"init_{k}" for k in KNOBS),
     "epochs": tuple(f.name for f in EPOCHS if pa.types.is_floating(f.type)),
     "decisions": ("latency_ms",),
 }
@@ -229,6 +225,20 @@ class Library:
     decisions: pa.Table
     files: dict[str, list[Path]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    _digest: str | None = field(default=None, repr=False, compare=False)
+
+    def digest(self) -> str:
+        """SHA-256 over every trace file of the library (relative path and bytes), in path order; computed once."""
+        if self._digest is None:
+            import hashlib
+
+            h = hashlib.sha256()
+            for kind in sorted(self.files):
+                for p in sorted(self.files[kind]):
+                    h.update(str(p.relative_to(self.root)).encode())
+                    h.update(hashlib.sha256(p.read_bytes()).digest())
+            self._digest = h.hexdigest()
+        return self._digest
 
 
 def load_library(root: str | os.PathLike, strict: bool = False) -> Library:

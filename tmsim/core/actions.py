@@ -13,8 +13,7 @@ Violation names (each counted separately): ``policy_exception``, ``timeout``, ``
 
 Example
 -------
->>> from tmsim.snapshot import Snapshot, EpochView
->>> from tmsim.tasks import Hyperparams
+>>> from tmsim.core import Bounds, EpochView, Hyperparams, Snapshot, validate
 >>> snap = Snapshot.build("r", "digits-mlp", [EpochView(epoch=5, val_loss=1.0, train_loss=0.5)],
 ...                       Hyperparams(lr=0.2), max_epochs=20, decide_every=5)
 >>> act, violations = validate('{"action": "set_lr", "value": 5}', snap, Bounds())
@@ -30,14 +29,9 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from .menu import ACTIONS, apply_action
+from .hparams import KNOBS, Hyperparams
+from .menu import ACTIONS, ALL_ACTIONS, SET_ACTIONS, apply_action
 from .snapshot import Snapshot
-from .tasks.base import Hyperparams
-
-#: Continuous actions: set a knob to ``value``.
-SET_ACTIONS = {"set_lr": "lr", "set_weight_decay": "weight_decay", "set_dropout": "dropout", "set_aux_loss_weight": "aux_loss_weight"}
-ALL_ACTIONS = ACTIONS + tuple(SET_ACTIONS)
-KNOBS = ("lr", "weight_decay", "dropout", "aux_loss_weight")
 VIOLATIONS = ("policy_exception", "timeout", "empty_output", "unparseable", "unknown_action", "missing_value",
               "non_finite_value", "no_effect", "stop_too_early", "budget_exhausted", "cooldown",
               "change_too_large", "out_of_bounds")

@@ -15,7 +15,7 @@ are sampled with a generator seeded by the tree's identity, so a budgeted tree i
 
 Example
 -------
->>> from tmsim.recorder import TreeSpec, plan_tree
+>>> from tmsim.record import TreeSpec, plan_tree
 >>> len(plan_tree(TreeSpec("digits-mlp", "healthy", 0, depth=1)))  # the root + 5 actions at epoch 5
 6
 """
@@ -34,19 +34,14 @@ from typing import Callable
 import pyarrow as pa
 
 from . import __version__
-from .menu import RECORD_MENU, RECORD_MENU_MULTILOSS, apply_action, offered_actions
-from .tasks import get_task
-from .tasks.base import Hyperparams, TorchTask, TrainState
-from .trace import EPOCHS, RUNS, TraceError, dumps, file_metadata, read_table, write_table
+from .core.hparams import Hyperparams
+from .core.menu import apply_action, changing_actions, record_menu
+from .core.outcome import is_diverged
+from .tasks import TASKS, get_task
+from .tasks.base import TorchTask, TrainState
+from .traces.format import EPOCHS, RUNS, TraceError, dumps, file_metadata, read_table, write_table
 
 RECORDER_VERSION = f"tmsim-{__version__}/trace-v1"
-#: A run diverges when a loss is not finite or its validation loss exceeds this multiple of the initial one.
-DIVERGE_FACTOR = 3.0
-
-
-def divergence_penalty(initial_val_loss: float) -> float:
-    """The final validation loss a diverged run scores: the threshold it crossed (simulator, truth and live alike)."""
-    return DIVERGE_FACTOR * initial_val_loss
 
 Branch = tuple[tuple[int, str], ...]  # the (epoch, action) decisions that lead from the root to a run
 
@@ -63,10 +58,14 @@ class TreeSpec:
     budget: int | None = None
     menu: tuple[str, ...] | None = None
 
+    def __post_init__(self) -> None:
+        if ":" in self.task:  # a task given by import path is filed under its registered name
+            object.__setattr__(self, "task", get_task(self.task).name)
+
     def resolved(self) -> "TreeSpec":
         task = get_task(self.task)
         sc = task.scenario(self.scenario)
-        menu = self.menu or (RECORD_MENU_MULTILOSS if len(task.losses) > 1 else RECORD_MENU)
+        menu = self.menu or record_menu(len(task.losses))
         return TreeSpec(self.task, self.scenario, self.seed, self.depth, self.decide_every or sc.decide_every, self.budget, tuple(menu))
 
     @property
@@ -108,7 +107,7 @@ def plan_tree(spec: TreeSpec) -> list[Branch]:
         last = branch[-1][0] if branch else 0
         for d in points:
             if d > last:
-                for a in offered_actions(hp_of(branch), len(task.losses), spec.menu):
+                for a in changing_actions(hp_of(branch), len(task.losses), spec.menu):
                     if a != "continue":
                         expand(branch + ((d, a),))
 
@@ -196,8 +195,7 @@ def _train_branch(task, spec, branch, state, initial_val, children, runs, epochs
             tr = task.train_epoch(state)
             ev = task.evaluate(state)
             wall = time.perf_counter() - t0
-            losses = (ev["train_loss"], ev["val_loss"], tr["grad_norm"])
-            diverged = not all(math.isfinite(x) for x in losses) or ev["val_loss"] > DIVERGE_FACTOR * initial_val
+            diverged = is_diverged(ev["val_loss"], initial_val, ev["train_loss"], tr["grad_norm"])
             _epoch_row(epochs, spec, branch, state, ev, tr, wall, diverged)
             progress("epochs", 1)
             if diverged:
@@ -268,10 +266,14 @@ def write_tree(out: Path, spec: TreeSpec, runs: pa.Table, epochs: pa.Table) -> N
     write_table(runs, paths["runs"], "runs", md)
 
 
-def _worker_init() -> None:
+def _worker_init(task_refs: dict[str, str]) -> None:
+    """A worker process: one thread, and the parent's task registry (tasks given by import path or registered in
+    code are found by name here too)."""
     import torch
 
     torch.set_num_threads(1)
+    for name, ref in task_refs.items():
+        TASKS.register(name, ref, overwrite=True)
 
 
 def _record_one(out: str, spec: TreeSpec, queue) -> tuple[TreeSpec, int, int]:
@@ -335,7 +337,8 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
             import multiprocessing as mp
 
             ctx = mp.get_context("spawn")
-            with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init) as pool:
+            with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
+                                                              initargs=(TASKS.refs(),)) as pool:
                 queue = manager.Queue()
                 pending = {pool.submit(_record_one, str(out), s, queue) for s in todo}
                 while pending:
@@ -355,12 +358,14 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
 
 
 def specs_from_args(tasks: list[str], scenarios: list[str] | None, seeds: list[int], depth: int, decide_every: int | None, budget: int | None) -> list[TreeSpec]:
+    """One ``TreeSpec`` per (task, scenario, seed). A task may be a registered name or ``"package.module:Class"``;
+    the specs carry the task's registered name (the name its traces are filed under)."""
     specs = []
     for t in tasks:
         task = get_task(t)
-        for sc in scenarios or list(task.SCENARIOS):
+        for sc in scenarios or list(task.scenarios()):
             task.scenario(sc)  # validates the name
-            specs.extend(TreeSpec(t, sc, s, depth, decide_every, budget) for s in seeds)
+            specs.extend(TreeSpec(task.name, sc, s, depth, decide_every, budget) for s in seeds)
     return specs
 
 

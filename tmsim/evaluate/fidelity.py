@@ -27,16 +27,16 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .decisions import _branch_chain
-from .menu import RECORD_MENU, RECORD_MENU_MULTILOSS
-from .policies.baselines import ConstantPolicy, PlateauPolicy, RandomPolicy, RulesPolicy, SequencePolicy
-from .simulator import Simulator, TreeIndex, final_band
-from .surrogate import Surrogate, segment_data
+from ..core.menu import record_menu
+from ..policies.baselines import ConstantPolicy, PlateauPolicy, RandomPolicy, RulesPolicy, SequencePolicy
+from ..simulate.simulator import Simulator, final_band
+from ..simulate.surrogate import Surrogate, segment_data
+from ..traces.index import TreeIndex
 
 
 def policy_pool() -> list:
     """At least 20 replayable policies: every action they can take is on the recorded menu."""
-    menu = sorted(set(RECORD_MENU + RECORD_MENU_MULTILOSS) | {"continue"})
+    menu = sorted(set(record_menu(1) + record_menu(2)) | {"continue"})
 
     def named(p, name):
         p.policy_id = name
@@ -104,8 +104,8 @@ def _branch_errors(index: TreeIndex, sur: Surrogate, roots: list[str], cfg: Fide
     rng = random.Random(cfg.seed)
     seqs: set[tuple[str, ...]] = set()
     for r in roots:  # the sequences these trees actually hold
-        for c in _descendants(index, r):
-            seqs.add(_sequence(index, c))
+        for c in index.descendants(r):
+            seqs.add(index.sequence(c))
     seqs = sorted(seqs)
     sample = rng.sample(seqs, min(cfg.branch_sequences, len(seqs)))
     hidden = Simulator(index, sur, replay=False)
@@ -113,38 +113,11 @@ def _branch_errors(index: TreeIndex, sur: Surrogate, roots: list[str], cfg: Fide
     for seq in sample:
         pol = SequencePolicy(list(seq))
         for o in hidden.rollout(pol, roots):
-            rid = _lookup(index, o.root, seq)
+            rid = index.lookup(o.root, seq)
             if rid is None or o.diverged or index.meta[rid]["status"] == "diverged" or o.stopped_at is not None:
                 continue
             out.append((o.final_val_loss, index.final_val_loss(rid), final_band(o)))
     return out
-
-
-def _descendants(index: TreeIndex, rid: str):
-    stack = [rid]
-    while stack:
-        r = stack.pop()
-        yield r
-        stack.extend(index.children.get(r, {}).values())
-
-
-def _sequence(index: TreeIndex, rid: str) -> tuple[str, ...]:
-    """The per-decision action list that leads from the root to ``rid`` (``continue`` where nothing happened)."""
-    chain = _branch_chain(rid, index.meta)
-    every = index.meta[rid]["decide_every"]
-    last = max(chain) if chain else 0
-    return tuple(chain.get(e, "continue") for e in range(every, last + 1, every))
-
-
-def _lookup(index: TreeIndex, root: str, seq: tuple[str, ...]) -> str | None:
-    rid = root
-    every = index.meta[root]["decide_every"]
-    for i, a in enumerate(seq):
-        if a != "continue":
-            rid = index.children.get(rid, {}).get(((i + 1) * every, a))
-            if rid is None:
-                return None
-    return rid
 
 
 def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print) -> dict:

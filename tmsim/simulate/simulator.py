@@ -18,7 +18,7 @@ threshold it crossed), the same in replay and in truth, so scores stay finite an
 
 Example
 -------
->>> from tmsim.trace import load_library
+>>> from tmsim.traces import load_library
 >>> from tmsim.policies import RulesPolicy
 >>> sim = Simulator(load_library("traces"))               # doctest: +SKIP
 >>> rollouts = sim.rollout(RulesPolicy())                 # doctest: +SKIP
@@ -35,66 +35,13 @@ from typing import Any
 
 import numpy as np
 
-from .actions import Bounds, PolicyFailure, ValidatedAction, validate
-from .decisions import _snapshot, call_with_timeout
-from .query import TraceDB
-from .recorder import divergence_penalty
-from .snapshot import EpochView
+from ..core.actions import Bounds, ValidatedAction, validate
+from ..core.decision import RunInfo, build_snapshot, call_policy_batch
+from ..core.hparams import Hyperparams
+from ..core.outcome import final_val_loss
+from ..traces.format import Library
+from ..traces.index import TreeIndex
 from .surrogate import FEATURES, Surrogate, action_features, state_features
-from .tasks.base import Hyperparams
-from .trace import Library
-
-_ROW_FIELDS = list(EpochView.__dataclass_fields__) + ["diverged"]
-
-
-class TreeIndex:
-    """The library's trees in memory: run metadata, each run's full lineage by epoch, children by (epoch, action)."""
-
-    def __init__(self, library: Library):
-        with TraceDB(library) as db:
-            runs = db.sql("""select run_id, parent_run_id, root_run_id, task, scenario, seed, branch_epoch, branch_action,
-                                    status, end_epoch, max_epochs, decide_every, init_lr, init_weight_decay,
-                                    init_dropout, init_aux_loss_weight from runs""").to_pylist()
-            own = db.sql(f"select run_id, {', '.join(_ROW_FIELDS)}, wall_time_s from epochs order by run_id, epoch")
-        self.meta: dict[str, dict] = {}
-        self.children: dict[str, dict[tuple[int, str], str]] = defaultdict(dict)
-        for r in runs:
-            r["hp_init"] = Hyperparams(r["init_lr"], r["init_weight_decay"], r["init_dropout"], r["init_aux_loss_weight"])
-            r["n_losses"] = 2 if r["init_aux_loss_weight"] is not None else 1
-            self.meta[r["run_id"]] = r
-            if r["parent_run_id"] is not None:
-                self.children[r["parent_run_id"]][(r["branch_epoch"], r["branch_action"])] = r["run_id"]
-        self.own: dict[str, dict[int, dict]] = defaultdict(dict)
-        for row in own.to_pylist():
-            self.own[row.pop("run_id")][row["epoch"]] = row
-        self._lineage: dict[str, dict[int, dict]] = {}
-        self.roots = sorted(r for r, m in self.meta.items() if m["parent_run_id"] is None)
-
-    def __getitem__(self, rid: str) -> dict[int, dict]:
-        """{epoch: row} of the run's full history (ancestors up to each branch epoch, then its own epochs)."""
-        if rid not in self._lineage:
-            m = self.meta[rid]
-            if m["parent_run_id"] is None:
-                rows = dict(self.own.get(rid, {}))
-            else:
-                parent = self[m["parent_run_id"]]
-                rows = {e: r for e, r in parent.items() if e <= m["branch_epoch"]}
-                rows.update(self.own.get(rid, {}))
-            self._lineage[rid] = rows
-        return self._lineage[rid]
-
-    def hparams_at(self, rid: str, epoch: int) -> Hyperparams | None:
-        r = self[rid].get(epoch)
-        if r is None:
-            return None
-        return Hyperparams(r["lr"], r["weight_decay"], r["dropout"], r["aux_loss_weight"])
-
-    def final_val_loss(self, rid: str) -> float:
-        """The recorded final validation loss (diverged: the divergence penalty)."""
-        rows = self[rid]
-        if self.meta[rid]["status"] == "diverged":
-            return divergence_penalty(rows[0]["val_loss"])
-        return rows[max(rows)]["val_loss"]
 
 
 @dataclass
@@ -125,9 +72,7 @@ class Rollout:
         """The final validation loss; a diverged run scores the divergence penalty (``DIVERGE_FACTOR`` times its
         initial validation loss). The surrogate calls a segment diverged when its probability reaches one half;
         ``p_diverged`` keeps the accumulated probability for safety scores."""
-        if self.diverged:
-            return divergence_penalty(self.epochs[0]["val_loss"])
-        return self.epochs[-1]["val_loss"]
+        return final_val_loss(self.epochs, self.diverged)
 
     @property
     def best_val_loss(self) -> float:
@@ -222,16 +167,15 @@ class Simulator:
         key = (o.node, d)
         if o.node is not None and key in self._snap_cache:
             return self._snap_cache[key]
-        run = {"run_id": o.node or f"{o.root}~sim", "task": m["task"], "scenario": m["scenario"],
-               "decide_every": m["decide_every"], "max_epochs": m["max_epochs"], "init_aux_loss_weight": m["init_aux_loss_weight"]}
-        snap = _snapshot(run, o.epochs, o.chain, d, self.bounds)
+        run = RunInfo(o.node or f"{o.root}~sim", m["task"], m["decide_every"], m["max_epochs"], m["n_losses"])
+        snap = build_snapshot(run, o.epochs, o.chain, d, self.bounds)
         if o.node is not None:
             self._snap_cache[key] = snap
         return snap
 
     def _decide(self, policy, due: list[Rollout], timeout: float | None) -> None:
         snaps = [self._snapshot_for(o, o.final_epoch()) for o in due]
-        raws, lat = self._call(policy, snaps, timeout)
+        raws, lat = call_policy_batch(policy, snaps, timeout)
         for o, snap, raw, ms in zip(due, snaps, raws, lat):
             act, violations = validate(raw, snap, self.bounds)
             d = snap.epoch
@@ -240,31 +184,6 @@ class Simulator:
                                 "latency_ms": ms, "snapshot": snap, "applied": act})
             o.chain[d] = act.action if act.intervenes else "continue"
             self._apply(o, act, d)
-
-    def _call(self, policy, snaps, timeout):
-        """Outputs and per-decision latencies; batched when possible, one failing call never sinks the batch."""
-        if timeout is None:
-            fn = getattr(policy, "decide_batch", None)
-            if fn is not None:
-                t0 = time.perf_counter()
-                try:
-                    raws = list(fn(snaps))
-                    if len(raws) == len(snaps):
-                        ms = (time.perf_counter() - t0) * 1000 / max(len(snaps), 1)
-                        return raws, [ms] * len(snaps)
-                except Exception:
-                    pass  # isolate the failure below, one call at a time
-            raws, lat = [], []
-            for s in snaps:
-                t0 = time.perf_counter()
-                try:
-                    raws.append(policy.decide(s))
-                except Exception as exc:
-                    raws.append(PolicyFailure("policy_exception", f"{type(exc).__name__}: {exc}"))
-                lat.append((time.perf_counter() - t0) * 1000)
-            return raws, lat
-        pairs = [call_with_timeout(lambda s=s: policy.decide(s), timeout) for s in snaps]
-        return [p[0] for p in pairs], [p[1] for p in pairs]
 
     def _apply(self, o: Rollout, act: ValidatedAction, d: int) -> None:
         if act.stop:
@@ -356,8 +275,7 @@ class Simulator:
 
     def _hp_in_force(self, o: Rollout) -> Hyperparams:
         """The hyperparameters of the last epoch trained (before the action just validated)."""
-        r = o.epochs[-1]
-        return Hyperparams(r["lr"], r["weight_decay"], r["dropout"], r["aux_loss_weight"])
+        return Hyperparams.from_row(o.epochs[-1])
 
 
 def _clip01(base: float | None, delta: float) -> float | None:

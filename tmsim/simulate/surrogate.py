@@ -23,10 +23,11 @@ import json
 import math
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from .tasks.base import Hyperparams
+from ..core.hparams import KNOB_SCALE, KNOBS, Hyperparams
 
 WINDOW = 5
 STATE_NAMES = ["frac_epoch", "log_val_over_init", "log_train_over_init", "log_val_over_best", "log_gap",
@@ -101,10 +102,18 @@ def state_features(hist: list[dict], hp: Hyperparams, hp_init: Hyperparams, max_
     ]
 
 
+def _knob_change(scale: str, old: float | None, new: float | None) -> float:
+    """A knob's change on its own scale (``tmsim.core.hparams.KNOB_SCALE``); 0 where the knob is absent."""
+    if scale == "log":
+        return _log(new / old) if old and new else 0.0
+    if scale == "log10":
+        return math.log10(new + _WD_EPS) - math.log10(old + _WD_EPS)
+    return new - old
+
+
 def action_features(old: Hyperparams, new: Hyperparams) -> list[float]:
-    aux = _log(new.aux_loss_weight / old.aux_loss_weight) if old.aux_loss_weight and new.aux_loss_weight else 0.0
-    return [_log(new.lr / old.lr), math.log10(new.weight_decay + _WD_EPS) - math.log10(old.weight_decay + _WD_EPS),
-            new.dropout - old.dropout, aux]
+    """The action as the change of every knob on its own scale, in ``KNOBS`` order."""
+    return [_knob_change(KNOB_SCALE[k], getattr(old, k), getattr(new, k)) for k in KNOBS]
 
 
 @dataclass
@@ -128,7 +137,7 @@ def _targets(r: dict, base: dict) -> list[float]:
 
 
 def segment_data(index, run_filter=None) -> SegmentData:
-    """Every recorded segment of a ``tmsim.simulator.TreeIndex`` (optionally only trees passing ``run_filter``).
+    """Every recorded segment of a ``tmsim.traces.TreeIndex`` (optionally only trees passing ``run_filter``).
 
     Branches forked from the same state share their minibatches and dropout masks (the recorder restores the RNGs),
     so the difference between a branch and its do-nothing sibling is the action's effect with little sampling
@@ -178,6 +187,27 @@ def segment_data(index, run_filter=None) -> SegmentData:
                 div.append(diverged)
     return SegmentData(np.asarray(X, float), np.asarray(Y, float), np.asarray(E, float), np.asarray(C, bool),
                        np.asarray(G), np.asarray(Xs, float), np.asarray(div, bool))
+
+
+@runtime_checkable
+class SurrogateModel(Protocol):
+    """What the simulator needs of a surrogate; ``Surrogate`` (the forests below) is the default. Feature rows
+    follow ``FEATURES``, targets ``TARGETS``."""
+
+    info: dict
+
+    def fit(self, data: "SegmentData") -> "SurrogateModel": ...
+
+    def predict(self, X: np.ndarray) -> np.ndarray: ...
+
+    def band(self, k: np.ndarray) -> np.ndarray: ...
+
+    def p_diverge(self, Xs: np.ndarray) -> np.ndarray: ...
+
+    def save(self, path: str | Path) -> Path: ...
+
+    @classmethod
+    def load(cls, path: str | Path) -> "SurrogateModel": ...
 
 
 class Surrogate:
@@ -331,7 +361,7 @@ def surrogate_id(library_hash: str, params: dict) -> str:
     the same model). Promotion records carry it, and a cached file is found by it."""
     import sklearn
 
-    from . import __version__
+    from .. import __version__
 
     blob = json.dumps({"library": library_hash, "params": params, "features": FEATURES, "sklearn": sklearn.__version__,
                        "tmsim": __version__}, sort_keys=True)

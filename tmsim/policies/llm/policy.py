@@ -19,8 +19,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from ..actions import Proposal
-from ..policies.baselines import RulesPolicy
+from ...core.actions import Proposal
+from ..baselines import RulesPolicy
 from .prompt import messages
 
 
@@ -53,6 +53,9 @@ def check_adapter(adapter: str | Path, base: str) -> dict:
 
 class QwenPolicy:
     """A Qwen-family causal LM as a training manager (see the module docs)."""
+
+    #: settings that are paths, resolved relative to the spec file (see ``tmsim.policies.protocol``)
+    path_settings = ("model", "adapter")
 
     def __init__(self, model: str, adapter: str | None = None, method: str = "score", device: str | None = None,
                  dtype: str = "auto", batch_size: int = 16, max_new_tokens: int = 8, policy_id: str = "qwen",

@@ -12,15 +12,16 @@ Plain PyTorch::
             mgr.on_epoch_end({"train_loss": ..., "val_loss": ..., "val_acc": ...})
             if mgr.should_stop: break
 
-Hugging Face: ``trainer.add_callback(TMSimCallback(mgr))`` (see ``examples/``).
+Hugging Face: ``trainer.add_callback(TMSimCallback(mgr))`` (``tmsim.live.hf``; see ``examples/``).
 
 - **Asynchronous by default.** At a decision epoch the snapshot goes to a background worker and training goes on.
   The validated action is applied at the first step boundary after it arrives. An answer that arrives more than
   ``stale_steps`` steps after its snapshot is dropped and logged (``violations = ["stale"]``). ``mode="sync"``
   decides and applies at the epoch boundary itself (for tests and comparisons).
 - **Safety.** The validator of the simulator judges every proposal. An exception or a timeout in the policy leaves
-  training unchanged and is logged. A non-finite loss (or non-finite parameters) stops the run (the NaN guard
-  does not rely on logged losses: the HF Trainer filters NaN/inf from its logs by default). A policy without a
+  training unchanged and is logged. The recorder's divergence rule (a non-finite loss, or val loss above 3x the
+  initial one) and non-finite parameters stop the run (the guard does not rely on logged losses alone: the HF
+  Trainer filters NaN/inf from its logs by default). A policy without a
   promotion record that checks is refused unless ``allow_unpromoted=True``, which is written into the trace.
 - **Knobs.** LR and weight decay on the optimizer's param groups. LR is scheduler-aware: ``LambdaLR`` and friends
   recompute each group's LR from ``base_lrs`` every step, so the hook scales ``base_lrs`` (and ``initial_lr``) by
@@ -43,10 +44,12 @@ from typing import Any, Callable
 
 import pyarrow as pa
 
-from .actions import Bounds, PolicyFailure, ValidatedAction, validate
-from .snapshot import Snapshot
-from .tasks.base import Hyperparams
-from .trace import DECISIONS, EPOCHS, RUNS, dumps, write_table
+from ..core.actions import Bounds, PolicyFailure, ValidatedAction, validate
+from ..core.decision import RunInfo, build_snapshot, call_policy, decision_row
+from ..core.hparams import Hyperparams
+from ..core.outcome import is_diverged
+from ..core.snapshot import Snapshot
+from ..traces.format import DECISIONS, EPOCHS, RUNS, dumps, write_table
 
 log = logging.getLogger("tmsim.live")
 
@@ -66,7 +69,7 @@ class LiveManager:
                  record_dir: str | Path | None = None, n_losses: int | None = None):
         if mode not in ("async", "sync"):
             raise ValueError("mode must be 'async' or 'sync'")
-        self.policy, self.mode, self.bounds = policy, mode, bounds or Bounds()
+        self.policy, self.mode = policy, mode
         self.hparams = self.hp_init = hparams
         self.max_epochs, self.decide_every = max_epochs, decide_every
         self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
@@ -76,7 +79,9 @@ class LiveManager:
         self.run_id = run_id or f"live:{task}:{uuid.uuid4().hex[:8]}"
         self.record_dir = Path(record_dir) if record_dir else None
         self.n_losses = n_losses or (2 if hparams.aux_loss_weight is not None else 1)
-        self.promotion = self._check_promotion(spec, promotions, allow_unpromoted)
+        self.promotion, promoted_bounds = self._check_promotion(spec, promotions, allow_unpromoted)
+        # a promoted policy runs under the bounds of the suite it was judged on, unless the caller sets them
+        self.bounds = bounds or promoted_bounds or Bounds()
         self.step = 0
         self.epoch = -1
         self.should_stop = False
@@ -88,25 +93,26 @@ class LiveManager:
         self._closed = False
 
     # --- promotion ----------------------------------------------------------------------------------------------
-    def _check_promotion(self, spec, promotions, allow_unpromoted: bool) -> str:
-        from .promote import check_record
+    def _check_promotion(self, spec, promotions, allow_unpromoted: bool) -> tuple[str, Bounds | None]:
+        # only the record checker: the simulator, leaderboard, DuckDB and scikit-learn stay out of a training process
+        from ..evaluate.promote import check_record, promoted_bounds
 
         problems = []
         if spec is not None:
-            from .policies import PolicySpec, load_spec
+            from ..policies.spec import PolicySpec, load_spec
 
             spec = spec if isinstance(spec, PolicySpec) else load_spec(spec)
-            prom = Path(promotions) if promotions else Path(__file__).resolve().parent.parent / "eval" / "promotions"
+            prom = Path(promotions) if promotions else Path(__file__).resolve().parents[2] / "eval" / "promotions"
             ok, problems = check_record(spec, prom)
             if ok:
-                return f"promoted ({spec.name})"
+                return f"promoted ({spec.name})", promoted_bounds(spec, prom)
         else:
             problems = ["no policy spec given, so no promotion record can be checked"]
         if not allow_unpromoted:
             raise NotPromotedError("refusing an unpromoted policy: " + "; ".join(problems)
                                    + " (run `tmsim promote`, or pass allow_unpromoted=True to override, which is recorded)")
         log.warning("tmsim live: RUNNING AN UNPROMOTED POLICY (allow_unpromoted=True): %s", "; ".join(problems))
-        return "UNPROMOTED (allow_unpromoted=True): " + "; ".join(problems)
+        return "UNPROMOTED (allow_unpromoted=True): " + "; ".join(problems), None
 
     # --- the hooks ----------------------------------------------------------------------------------------------
     def on_step_end(self) -> None:
@@ -132,7 +138,7 @@ class LiveManager:
         if 0 < self.epoch < self.max_epochs and self.epoch % self.decide_every == 0 and not self.should_stop:
             snap = self._snapshot()
             if self.mode == "sync":
-                out, ms = _call(self.policy, snap, self.timeout)
+                out, ms = call_policy(self.policy.decide, snap, self.timeout)
                 self._finish(snap, out, ms, submitted=self.step)
             elif self._pending is not None:
                 self._log(snap, PolicyFailure("timeout", "previous decision still running"), 0.0, "continue", None,
@@ -141,10 +147,15 @@ class LiveManager:
                 self._submit(snap)
 
     def _nan_guard(self, metrics: dict) -> bool:
-        for k in ("train_loss", "val_loss", "loss", "eval_loss"):
-            v = metrics.get(k)
-            if v is not None and not math.isfinite(float(v)):
-                return True
+        """The recorder's divergence rule (``tmsim.core.outcome.is_diverged``: a non-finite loss, or val loss above
+        3x the initial one), plus non-finite parameters (the HF Trainer filters NaN/inf from its logged losses)."""
+        vals = {k: _num(metrics.get(k)) for k in ("train_loss", "val_loss", "loss", "eval_loss", "grad_norm")}
+        val = vals["val_loss"] if vals["val_loss"] is not None else vals["eval_loss"]
+        initial = next((h["val_loss"] for h in self.history if h["val_loss"] is not None), None)
+        if any(v is not None and not math.isfinite(v) for v in vals.values()):
+            return True
+        if initial is not None and is_diverged(val, initial):
+            return True
         if self.model is not None:
             import torch
 
@@ -160,7 +171,7 @@ class LiveManager:
         self._pending = ticket
 
         def work():
-            out, ms = _call(self.policy, snap, self.timeout)
+            out, ms = call_policy(self.policy.decide, snap, self.timeout)
             self._results.put((ticket, out, ms))
 
         threading.Thread(target=work, daemon=True, name="tmsim-live-policy").start()
@@ -244,15 +255,10 @@ class LiveManager:
     # --- snapshots and the trace --------------------------------------------------------------------------------
     def _snapshot(self) -> Snapshot:
         """The same snapshot the simulator builds at a recorded node (one function serves both)."""
-        from .decisions import _snapshot
-
-        run = {"run_id": self.run_id, "task": self.task, "decide_every": self.decide_every, "max_epochs": self.max_epochs,
-               "init_aux_loss_weight": self.hp_init.aux_loss_weight if self.n_losses > 1 else None}
-        return _snapshot(run, self.history, self._chain, self.epoch, self.bounds)
+        run = RunInfo(self.run_id, self.task, self.decide_every, self.max_epochs, self.n_losses)
+        return build_snapshot(run, self.history, self._chain, self.epoch, self.bounds)
 
     def _log(self, snap, out, ms, action, act, violations, source, stale) -> None:
-        from .decisions import decision_row
-
         self.decision_rows.append(decision_row(self.policy, snap, out, ms, act, violations, action, source, stale))
 
     def close(self) -> Path | None:
@@ -305,12 +311,6 @@ def _is_decay_group(group: dict) -> bool:
     return any(getattr(p, "ndim", 2) >= 2 for p in group["params"])
 
 
-def _call(policy, snap: Snapshot, timeout: float):
-    from .decisions import call_with_timeout
-
-    return call_with_timeout(lambda: policy.decide(snap), timeout)
-
-
 def _num(v) -> float | None:
     if v is None:
         return None
@@ -322,51 +322,3 @@ def _num(v) -> float | None:
 
 def _finite(v):
     return v if v is None or math.isfinite(v) else None
-
-
-
-class TMSimCallback:
-    """A ``transformers.TrainerCallback`` driving a ``LiveManager`` (imported lazily so tmsim works without HF).
-
-    It attaches the trainer's optimizer, scheduler and model at train begin, calls ``on_step_end`` after each
-    optimizer step (so gradient accumulation is respected), feeds each evaluation's metrics to ``on_epoch_end``,
-    and stops training through ``control.should_training_stop``.
-    """
-
-    def __new__(cls, manager: LiveManager):
-        from transformers import TrainerCallback
-
-        class _Callback(TrainerCallback):
-            def __init__(self, mgr):
-                self.mgr = mgr
-                self._train_loss = None
-
-            def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kw):
-                self.mgr.model = self.mgr.model or model
-                self.mgr.optimizer = self.mgr.optimizer or optimizer
-                self.mgr.scheduler = self.mgr.scheduler or lr_scheduler
-
-            def on_step_end(self, args, state, control, optimizer=None, lr_scheduler=None, **kw):
-                if self.mgr.optimizer is None:
-                    self.mgr.optimizer, self.mgr.scheduler = optimizer, lr_scheduler
-                self.mgr.on_step_end()
-                if self.mgr.should_stop:
-                    control.should_training_stop = True
-                return control
-
-            def on_log(self, args, state, control, logs=None, **kw):
-                if logs and "loss" in logs:
-                    self._train_loss = logs["loss"]
-
-            def on_evaluate(self, args, state, control, metrics=None, **kw):
-                m = metrics or {}
-                self.mgr.on_epoch_end({"train_loss": self._train_loss, "val_loss": m.get("eval_loss"),
-                                       "val_acc": m.get("eval_accuracy")}, epoch=int(round(state.epoch or 0)))
-                if self.mgr.should_stop:
-                    control.should_training_stop = True
-                return control
-
-            def on_train_end(self, args, state, control, **kw):
-                self.mgr.close()
-
-        return _Callback(manager)

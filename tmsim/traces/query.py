@@ -1,6 +1,6 @@
 """Read-only SQL over a trace library: DuckDB views ``runs``, ``epochs``, ``decisions`` and ``lineage``.
 
-The library is read and validated by ``tmsim.trace.load_library`` (so SQL sees exactly the rows the reader
+The library is read and validated by ``tmsim.traces.load_library`` (so SQL sees exactly the rows the reader
 accepted, and every skipped file is reported), then its Arrow tables are handed to an in-memory DuckDB without a
 copy. After the views exist the connection is locked down: external file access is switched off, the configuration
 is locked, and only ``SELECT``-like statements are run, so a query can neither read nor write files.
@@ -11,7 +11,7 @@ epochs up to each branch epoch followed by its own. Its columns are those of ``e
 
 Example
 -------
->>> from tmsim.query import connect
+>>> from tmsim.traces.query import connect
 >>> with connect("traces") as db:                                        # doctest: +SKIP
 ...     db.sql("select task, count(*) as n from runs group by all order by task")
 """
@@ -27,7 +27,7 @@ from typing import TextIO
 import duckdb
 import pyarrow as pa
 
-from .trace import Library, load_library
+from .format import Library, load_library
 
 ALLOWED = {"SELECT", "EXPLAIN"}
 

@@ -11,8 +11,7 @@ model: slopes are of ``log(loss)`` per epoch (``-0.05`` = falling 5% an epoch), 
 
 Example
 -------
->>> from tmsim.snapshot import Snapshot, EpochView
->>> from tmsim.tasks import Hyperparams
+>>> from tmsim.core import EpochView, Hyperparams, Snapshot
 >>> rows = [EpochView(epoch=e, train_loss=1 / (e + 1), val_loss=0.6 + 0.05 * abs(e - 2), lr=0.1) for e in range(6)]
 >>> s = Snapshot.build("demo", "digits-mlp", rows, Hyperparams(lr=0.1), max_epochs=20, decide_every=5)
 >>> s.signals.overfitting
@@ -27,7 +26,7 @@ from dataclasses import asdict, dataclass, field, fields
 from functools import cached_property
 from typing import Any, Iterable
 
-from .tasks.base import Hyperparams
+from .hparams import Hyperparams
 
 #: Epochs of history used for slopes and shown in the prompt table.
 WINDOW = 5

@@ -15,8 +15,9 @@ import time
 
 import numpy as np
 
-from .live import LiveManager
-from .tasks import get_task
+from ..core.outcome import final_val_loss as _final
+from ..tasks import get_task
+from .manager import LiveManager
 
 
 def run_task_live(task_name: str, scenario: str, seed: int, policy, *, mode: str = "sync", spec=None,
@@ -63,18 +64,15 @@ def run_task_live(task_name: str, scenario: str, seed: int, policy, *, mode: str
 
 
 def final_val_loss(mgr: LiveManager) -> float:
-    from .recorder import divergence_penalty
-
-    if any(h["diverged"] for h in mgr.history):
-        return divergence_penalty(mgr.history[0]["val_loss"])
-    return mgr.history[-1]["val_loss"]
+    """The live run's final validation loss, by the shared outcome rule."""
+    return _final(mgr.history, any(h["diverged"] for h in mgr.history))
 
 
 def measure_live(index, surrogate, policies: list, roots: list[str], mode: str = "sync", progress=None) -> dict:
     """Live re-runs of ``policies`` (constant must be among them) on ``roots`` vs the simulator on the same roots."""
     from scipy.stats import kendalltau
 
-    from .simulator import Simulator
+    from ..simulate.simulator import Simulator
 
     import logging
 

@@ -28,8 +28,8 @@ CHAT_TEMPLATE = (
 
 def prompt_corpus(traces: str | Path, limit: int = 4000) -> list[str]:
     """Texts the tokenizer is trained on: system prompt, schema, and rendered snapshots (a fixed, spread sample)."""
-    from ..decisions import decision_points
-    from ..trace import load_library
+    from ..check import decision_points
+    from ...traces.format import load_library
     from .prompt import system_prompt
 
     snaps = decision_points(load_library(traces))

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..config import load_toml_model
+from ...core.config import load_toml_model
 from .prompt import messages
 
 
@@ -80,14 +80,17 @@ class Example:
 
 def build_dataset(library, train_seeds: str = "even", tasks: list[str] | None = None, weight_by_advantage: bool = True):
     """(train, held_out) examples from every recorded node with alternatives; split by seed parity."""
-    from ..decisions import decision_points
-    from ..policies.oracle import OraclePolicy
+    from ...traces.index import TreeIndex
+    from ..check import decision_points
+    from ..oracle import OraclePolicy
 
-    oracle = OraclePolicy(library)
+    index = library if isinstance(library, TreeIndex) else TreeIndex(library)
+    library = index.library
+    oracle = OraclePolicy(index)
     parity = 0 if train_seeds == "even" else 1
     seed_of = dict(zip(library.runs["run_id"].to_pylist(), library.runs["seed"].to_pylist()))
     train, held = [], []
-    for s in decision_points(library, tasks=tasks or None):
+    for s in decision_points(index, tasks=tasks or None):
         vals = oracle.values(s.run_id, s.epoch)
         vals = {a: v for a, v in vals.items() if a in s.offered}
         if len(vals) < 2:
@@ -181,7 +184,7 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from ..trace import load_library
+    from ...traces.format import load_library
     from .policy import QwenPolicy
 
     log = log or (lambda *_: None)

@@ -11,7 +11,10 @@ A policy is promoted on a suite only when, through the simulator:
 A passing policy gets a record in ``eval/promotions/NAME.json``: the spec's hash, the hashes of any weight files
 its settings name, the library hash, the surrogate identity, the suite and its hash, the scores and the date.
 ``check_record`` verifies that the record still matches the files; the live hook refuses a policy without a
-record that checks.
+record that checks, and takes its bounds from the record (the suite's bounds the policy was judged under).
+
+This module imports nothing of the offline stack (simulator, leaderboard, DuckDB, scikit-learn), so the live hook
+can check a record in a training process that has none of them loaded.
 """
 from __future__ import annotations
 
@@ -20,8 +23,13 @@ import hashlib
 import json
 from pathlib import Path
 
-from . import __version__
-from .leaderboard import PolicyScore, Suite
+from typing import TYPE_CHECKING
+
+from .. import __version__
+from ..core.actions import Bounds
+
+if TYPE_CHECKING:  # the gate reads scores and suites; importing their module would pull in the simulator
+    from .leaderboard import PolicyScore, Suite
 
 WEIGHT_KEYS = ("model", "adapter", "weights", "checkpoint", "path")
 
@@ -51,7 +59,7 @@ def weight_hashes(spec) -> dict[str, str]:
     return out
 
 
-def gate(score: PolicyScore, suite: Suite) -> tuple[bool, list[str]]:
+def gate(score: "PolicyScore", suite: "Suite") -> tuple[bool, list[str]]:
     """(passed, reasons): every reason says which condition held or failed, with the figures."""
     g = suite.gate
     reasons, ok = [], True
@@ -82,13 +90,14 @@ def record_path(promotions: Path, name: str) -> Path:
     return Path(promotions) / f"{name}.json"
 
 
-def write_record(spec, score: PolicyScore, suite: Suite, library_hash: str, surrogate_id: str, promotions: Path) -> Path:
+def write_record(spec, score: "PolicyScore", suite: "Suite", library_hash: str, surrogate_id: str, promotions: Path) -> Path:
     rec = {
         "policy": spec.name, "kind": spec.kind, "version": spec.version,
         "spec_path": str(spec.path) if spec.path else None, "spec_sha256": spec.digest(),
         "weights_sha256": weight_hashes(spec), "library_sha256": library_hash, "surrogate_id": surrogate_id,
         "suite": suite.name, "suite_path": str(suite.path) if suite.path else None,
-        "suite_sha256": _sha(suite.path) if suite.path else None, "scores": score.to_dict(),
+        "suite_sha256": _sha(suite.path) if suite.path else None, "bounds": suite.bounds.model_dump(),
+        "scores": score.to_dict(),
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "tmsim_version": __version__,
     }
     path = record_path(promotions, spec.name)
@@ -99,13 +108,34 @@ def write_record(spec, score: PolicyScore, suite: Suite, library_hash: str, surr
 
 def check_record(spec, promotions: Path, library_hash: str | None = None) -> tuple[bool, list[str]]:
     """(ok, problems): does ``spec`` have a promotion record that still matches its files?"""
+    rec, problems = _check(spec, promotions, library_hash)
+    return not problems, problems
+
+
+def promoted_bounds(spec, promotions: Path) -> Bounds | None:
+    """The bounds of the suite ``spec`` was promoted on (from its record; None when the record has none). The
+    live hook applies a promoted policy under these bounds."""
+    rec, problems = _check(spec, promotions, None)
+    if problems or rec is None:
+        return None
+    if "bounds" in rec:
+        return Bounds(**rec["bounds"])
+    suite_path = rec.get("suite_path")
+    if suite_path and Path(suite_path).exists():  # records written before bounds were stored in them
+        import tomllib
+
+        return Bounds(**tomllib.loads(Path(suite_path).read_text()).get("bounds", {}))
+    return None
+
+
+def _check(spec, promotions: Path, library_hash: str | None) -> tuple[dict | None, list[str]]:
     path = record_path(promotions, spec.name)
     if not path.exists():
-        return False, [f"{spec.name}: no promotion record at {path} (run `tmsim promote {spec.path or spec.name}`)"]
+        return None, [f"{spec.name}: no promotion record at {path} (run `tmsim promote {spec.path or spec.name}`)"]
     try:
         rec = json.loads(path.read_text())
     except ValueError as exc:
-        return False, [f"{path}: not valid JSON ({exc})"]
+        return None, [f"{path}: not valid JSON ({exc})"]
     problems = []
     if rec.get("spec_sha256") != spec.digest():
         problems.append(f"{path}: field 'spec_sha256' does not match {spec.path} (the spec changed since promotion)")
@@ -120,4 +150,4 @@ def check_record(spec, promotions: Path, library_hash: str | None = None) -> tup
         problems.append(f"{path}: field 'suite_sha256' does not match {rec['suite_path']}")
     if library_hash is not None and rec.get("library_sha256") != library_hash:
         problems.append(f"{path}: field 'library_sha256' does not match the trace library")
-    return not problems, problems
+    return rec, problems

@@ -1,0 +1,63 @@
+"""Policy specs (``policies/*.toml``): a name, a kind and its settings.
+
+A spec names a kind and its settings::
+
+    name = "rules"          # the id shown on leaderboards
+    kind = "rules"          # a registered kind (tmsim.policies.kind_names()) or "python"
+    version = "1"
+    [settings]
+    gap_threshold = 0.5
+
+``kind = "python"`` loads ``target = "package.module:Factory"`` and calls ``Factory(**settings)``.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..core.config import load_toml_model
+
+
+class PolicySpec(BaseModel):
+    """A policy spec as read from TOML; unknown top-level keys are an error (typos should not pass silently)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(min_length=1)
+    kind: str
+    version: str = "1"
+    description: str = ""
+    target: str | None = None
+    settings: dict[str, Any] = Field(default_factory=dict)
+    path: Path | None = None
+
+    def digest(self) -> str:
+        """SHA-256 of the spec file's bytes (or of the spec's JSON when it has no file)."""
+        data = self.path.read_bytes() if self.path else self.model_dump_json(exclude={"path"}).encode()
+        return hashlib.sha256(data).hexdigest()
+
+
+def load_spec(path: str | Path) -> PolicySpec:
+    """Read and check a spec file; errors name the file and the field."""
+    from .kinds import KINDS
+
+    path = Path(path)
+    spec = load_toml_model(path, PolicySpec, "policy spec")
+    if spec.kind != "python" and spec.kind not in KINDS:
+        raise ValueError(f"{path}: field 'kind': unknown kind {spec.kind!r}; known: {', '.join(KINDS.names() + ['python'])}")
+    if spec.kind == "python" and not spec.target:
+        raise ValueError(f"{path}: field 'target' is required for kind = \"python\" (e.g. \"mypkg.mod:MyPolicy\")")
+    return spec
+
+
+def find_specs(arg: str | Path) -> list[PolicySpec]:
+    """A spec file, or every ``*.toml`` in a directory (sorted)."""
+    p = Path(arg)
+    if p.is_dir():
+        files = sorted(p.glob("*.toml"))
+        if not files:
+            raise ValueError(f"{p}: no policy specs (*.toml) in this directory")
+        return [load_spec(f) for f in files]
+    return [load_spec(p)]

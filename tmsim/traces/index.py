@@ -1,0 +1,109 @@
+"""The one in-memory index of a library's trace trees: run metadata, each run's full lineage by epoch, children by
+(epoch, action), ancestry chains and descendants. The simulator, the oracle, ``tmsim policy check``, the surrogate's
+training data and fidelity all read trees through it, so a leaderboard run builds it once.
+
+Example
+-------
+>>> from tmsim.traces import TreeIndex, load_library
+>>> index = TreeIndex(load_library("traces"))                      # doctest: +SKIP
+>>> root = index.roots[0]                                          # doctest: +SKIP
+>>> index.lookup(root, ("lr_down", "continue", "lr_down"))         # doctest: +SKIP
+'digits-mlp:diverge:s0+e5:lr_down+e15:lr_down'
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Iterator
+
+from ..core.hparams import Hyperparams
+from ..core.outcome import final_val_loss
+from ..core.snapshot import EpochView
+from .format import Library
+
+ROW_FIELDS = list(EpochView.__dataclass_fields__) + ["diverged"]
+
+
+class TreeIndex:
+    """The library's trees in memory (see the module docs). ``meta[run_id]`` holds the ``runs`` row plus ``hp_init``
+    and ``n_losses``; ``index[run_id]`` is {epoch: row} of the run's full history."""
+
+    def __init__(self, library: Library):
+        from .query import TraceDB
+
+        self.library = library
+        with TraceDB(library) as db:
+            runs = db.sql("""select run_id, parent_run_id, root_run_id, task, scenario, seed, branch_epoch, branch_action,
+                                    status, end_epoch, max_epochs, decide_every, init_lr, init_weight_decay,
+                                    init_dropout, init_aux_loss_weight from runs""").to_pylist()
+            own = db.sql(f"select run_id, {', '.join(ROW_FIELDS)}, wall_time_s from epochs order by run_id, epoch")
+        self.meta: dict[str, dict] = {}
+        self.children: dict[str, dict[tuple[int, str], str]] = defaultdict(dict)
+        for r in runs:
+            r["hp_init"] = Hyperparams.from_row(r, prefix="init_")
+            r["n_losses"] = 2 if r["init_aux_loss_weight"] is not None else 1
+            self.meta[r["run_id"]] = r
+            if r["parent_run_id"] is not None:
+                self.children[r["parent_run_id"]][(r["branch_epoch"], r["branch_action"])] = r["run_id"]
+        self.own: dict[str, dict[int, dict]] = defaultdict(dict)
+        for row in own.to_pylist():
+            self.own[row.pop("run_id")][row["epoch"]] = row
+        self._lineage: dict[str, dict[int, dict]] = {}
+        self.roots = sorted(r for r, m in self.meta.items() if m["parent_run_id"] is None)
+
+    def __getitem__(self, rid: str) -> dict[int, dict]:
+        """{epoch: row} of the run's full history (ancestors up to each branch epoch, then its own epochs)."""
+        if rid not in self._lineage:
+            m = self.meta[rid]
+            if m["parent_run_id"] is None:
+                rows = dict(self.own.get(rid, {}))
+            else:
+                parent = self[m["parent_run_id"]]
+                rows = {e: r for e, r in parent.items() if e <= m["branch_epoch"]}
+                rows.update(self.own.get(rid, {}))
+            self._lineage[rid] = rows
+        return self._lineage[rid]
+
+    def hparams_at(self, rid: str, epoch: int) -> Hyperparams | None:
+        """The hyperparameters in force during ``epoch`` of run ``rid`` (None when it has no such epoch)."""
+        r = self[rid].get(epoch)
+        return None if r is None else Hyperparams.from_row(r)
+
+    def final_val_loss(self, rid: str) -> float:
+        """The recorded final validation loss (diverged: the divergence penalty)."""
+        rows = self[rid]
+        return final_val_loss([rows[e] for e in sorted(rows)], self.meta[rid]["status"] == "diverged")
+
+    def chain(self, rid: str) -> dict[int, str]:
+        """{branch epoch: action} along the run's ancestry (the decisions that lead from its root to it)."""
+        chain = {}
+        r = self.meta[rid]
+        while r["parent_run_id"] is not None:
+            chain[r["branch_epoch"]] = r["branch_action"]
+            r = self.meta[r["parent_run_id"]]
+        return chain
+
+    def descendants(self, rid: str) -> Iterator[str]:
+        """``rid`` and every run branched from it, depth first."""
+        stack = [rid]
+        while stack:
+            r = stack.pop()
+            yield r
+            stack.extend(self.children.get(r, {}).values())
+
+    def sequence(self, rid: str) -> tuple[str, ...]:
+        """The per-decision action list that leads from the root to ``rid`` (``continue`` where nothing happened)."""
+        chain = self.chain(rid)
+        every = self.meta[rid]["decide_every"]
+        last = max(chain) if chain else 0
+        return tuple(chain.get(e, "continue") for e in range(every, last + 1, every))
+
+    def lookup(self, root: str, seq: tuple[str, ...]) -> str | None:
+        """The recorded run reached from ``root`` by the per-decision actions ``seq`` (None if not recorded)."""
+        rid = root
+        every = self.meta[root]["decide_every"]
+        for i, a in enumerate(seq):
+            if a != "continue":
+                rid = self.children.get(rid, {}).get(((i + 1) * every, a))
+                if rid is None:
+                    return None
+        return rid
