@@ -50,7 +50,7 @@ def test_apply_changes_optimizer_dropout_and_attention_dropout():
 def test_multiloss_weight_changes_training_loss():
     task = get_task("multiloss")
     st = task.build("imbalance", seed=0)
-    x, y = task._data(st.scenario)["train"]
+    x, y = task.data(st.scenario)["train"]
     with torch.no_grad():
         lo = float(task.batch_loss(st.model, x[:64], y[:64], st.hparams))
         hi = float(task.batch_loss(st.model, x[:64], y[:64], st.hparams.with_(aux_loss_weight=10.0)))
