@@ -7,9 +7,14 @@ safe fallback, ``continue``; a value beyond a bound or a too-large change is cla
 the simulator, in ``tmsim policy check`` and in the live hook, so a policy is judged by one set of rules.
 
 Violation names (each counted separately): ``policy_exception``, ``timeout``, ``empty_output``, ``unparseable``,
-``unknown_action``, ``missing_value``, ``non_finite_value``, ``no_effect``, ``stop_too_early``,
+``unknown_action``, ``missing_value``, ``non_finite_value``, ``invalid_value``, ``no_effect``, ``stop_too_early``,
 ``budget_exhausted``, ``cooldown``, ``change_too_large`` (clamped), ``out_of_bounds`` (clamped).
 ``FATAL`` lists those that replace the proposal by the fallback.
+
+A value is *invalid* (never clamped into a move) when it cannot be meant: zero or negative for a knob measured by
+factors (``lr``, ``aux_loss_weight``), negative for ``weight_decay``, outside [0, 1) for ``dropout``, or more than
+``INVALID_ORDERS`` orders of magnitude outside the absolute range (``set_lr 1e-300``). Only a value near the range is
+clamped to it (``out_of_bounds``).
 
 Example
 -------
@@ -27,26 +32,35 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .hparams import KNOBS, Hyperparams
 from .menu import ACTIONS, ALL_ACTIONS, SET_ACTIONS, apply_action
 from .snapshot import Snapshot
 VIOLATIONS = ("policy_exception", "timeout", "empty_output", "unparseable", "unknown_action", "missing_value",
-              "non_finite_value", "no_effect", "stop_too_early", "budget_exhausted", "cooldown",
+              "non_finite_value", "invalid_value", "no_effect", "stop_too_early", "budget_exhausted", "cooldown",
               "change_too_large", "out_of_bounds")
 #: Violations after which the proposal is replaced by the safe fallback (``continue``). The two clamp kinds
 #: normally clamp; they too end in the fallback when no move inside both limits exists.
 FATAL = frozenset(VIOLATIONS) - {"change_too_large", "out_of_bounds"}
+#: A value further than this many orders of magnitude outside a knob's absolute range is invalid, not clamped.
+INVALID_ORDERS = 2
+#: Longest ``reason`` kept from a proposal (characters); the rest is cut.
+REASON_LIMIT = 1000
 
 
 class Proposal(BaseModel):
     """What a policy proposes: a menu action, or a ``set_*`` action with a ``value``; ``reason`` is free text."""
 
     model_config = ConfigDict(extra="ignore")
-    action: str
+    action: str = Field(max_length=64)
     value: float | None = None
     reason: str | None = None
+
+    @field_validator("reason")
+    @classmethod
+    def _cap_reason(cls, v: str | None) -> str | None:
+        return v if v is None or len(v) <= REASON_LIMIT else v[:REASON_LIMIT] + "..."
 
 
 class Bounds(BaseModel):
@@ -110,13 +124,25 @@ class ValidatedAction:
 
 
 class PolicyFailure:
-    """Stands in for a policy's output when the call itself failed (``kind``: policy_exception or timeout)."""
+    """Stands in for a policy's output when the call failed or its output could not be used (``kind``: the
+    violation, e.g. policy_exception, timeout or unparseable)."""
 
     def __init__(self, kind: str, detail: str = ""):
         self.kind, self.detail = kind, detail
 
     def __repr__(self) -> str:
         return f"<{self.kind}: {self.detail}>"
+
+
+@dataclass(frozen=True)
+class Answer:
+    """A policy's output after the guarded call: ``value`` is a plain ``Proposal`` or a ``PolicyFailure``; ``text``
+    the raw output as audit text (capped). Both are made where the policy's own objects are touched (the guarded
+    thread or the policy's process), so the harness never runs policy code (a ``repr`` that hangs, a ``.get`` that
+    raises) itself."""
+
+    value: Any
+    text: str
 
 
 def action_json_schema(offered: tuple[str, ...] | None = None) -> dict[str, Any]:
@@ -127,13 +153,20 @@ def action_json_schema(offered: tuple[str, ...] | None = None) -> dict[str, Any]
 
 
 def parse_proposal(raw: Any) -> tuple[Proposal | None, str | None]:
-    """(proposal, None) or (None, violation name). Accepts Proposal, dict, JSON text or a bare action name."""
+    """(proposal, None) or (None, violation name). Accepts Proposal, dict, JSON text or a bare action name.
+
+    A ``Proposal`` is rebuilt from its fields, so the result is always a validated, plain ``Proposal`` (never the
+    policy's own object, which may be a subclass or built without validation)."""
+    if isinstance(raw, Answer):
+        return parse_proposal(raw.value)
     if isinstance(raw, PolicyFailure):
         return None, raw.kind
     if raw is None:
         return None, "empty_output"
     if isinstance(raw, Proposal):
-        return raw, None
+        if type(raw) is Proposal and _plain(raw):
+            return raw, None
+        raw = {"action": raw.action, "value": raw.value, "reason": raw.reason}
     if isinstance(raw, bytes):
         try:
             raw = raw.decode("utf-8")
@@ -162,8 +195,17 @@ def parse_proposal(raw: Any) -> tuple[Proposal | None, str | None]:
             except (ValueError, OverflowError):
                 return None, "unparseable"
         reason = raw.get("reason")
-        return Proposal(action=action, value=value, reason=reason if isinstance(reason, str) else None), None
+        try:
+            return Proposal(action=action, value=value, reason=reason if isinstance(reason, str) else None), None
+        except ValidationError:
+            return None, "unparseable"
     return None, "unparseable"
+
+
+def _plain(p: Proposal) -> bool:
+    """A ``Proposal`` whose fields have the declared types (``model_construct`` skips validation)."""
+    return (type(p.action) is str and len(p.action) <= 64 and (p.value is None or type(p.value) in (float, int))
+            and (p.reason is None or (type(p.reason) is str and len(p.reason) <= REASON_LIMIT + 3)))
 
 
 def _last_change_epoch(snapshot: Snapshot, knob: str) -> int | None:
@@ -214,6 +256,8 @@ def _validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAc
             return _fallback(snapshot), ["missing_value"]
         if not math.isfinite(proposal.value):
             return _fallback(snapshot), ["non_finite_value"]
+        if not _sensible(knob, proposal.value, bounds):
+            return _fallback(snapshot), ["invalid_value"]
         if getattr(hp, knob) is None:
             return _fallback(snapshot), ["no_effect"]
         target = hp.with_(**{knob: proposal.value})
@@ -252,6 +296,17 @@ def _validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAc
     applied = hp.with_(**values)
     assert all(bounds.range(k)[0] <= getattr(applied, k) <= bounds.range(k)[1] for k in changed)
     return ValidatedAction(action, applied, False, "policy", tuple(changed)), sorted(set(violations), key=violations.index)
+
+
+def _sensible(knob: str, value: float, bounds: Bounds) -> bool:
+    """Whether ``value`` can be meant for ``knob`` (see the module docs); a sensible value may still be clamped."""
+    lo, hi = bounds.range(knob)
+    f = 10.0 ** INVALID_ORDERS
+    if knob in ("lr", "aux_loss_weight"):
+        return value > 0 and lo / f <= value <= hi * f
+    if knob == "dropout":
+        return 0 <= value < 1
+    return value >= 0 and value <= max(hi, bounds.weight_decay_step) * f
 
 
 def _budget_left(snapshot: Snapshot, bounds: Bounds) -> float:

@@ -10,22 +10,25 @@ Example
 >>> snap = build_snapshot(run, hist, {}, 5, Bounds())
 >>> snap.epoch, snap.offered[:2]
 (5, ('continue', 'lr_down'))
->>> call_policy(lambda s: 1 / 0, snap, timeout=1.0)[0]
+>>> call_policy(lambda s: 1 / 0, snap, timeout=1.0)[0].value
 <policy_exception: ZeroDivisionError: division by zero>
 """
 from __future__ import annotations
 
+import copy
 import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
-from .actions import Bounds, PolicyFailure, Proposal, ValidatedAction, offered_actions, parse_proposal
+from .actions import Answer, Bounds, PolicyFailure, Proposal, ValidatedAction, offered_actions, parse_proposal
 from .hparams import Hyperparams
 from .snapshot import PastDecision, Snapshot
 
 #: Longest raw output kept in an audit row (characters).
 RAW_OUTPUT_LIMIT = 2000
+#: Seconds a policy may take per decision when the caller sets no timeout.
+DEFAULT_TIMEOUT = 30.0
 
 
 @dataclass(frozen=True)
@@ -60,75 +63,128 @@ def build_snapshot(run: RunInfo, hist: Sequence[Mapping[str, Any]], chain: Mappi
     return replace(snap, offered=offered_actions(snap, bounds))
 
 
-def call_policy(decide: Callable[[Snapshot], Any], snap: Snapshot, timeout: float | None) -> tuple[Any, float]:
-    """(output or ``PolicyFailure``, latency in ms) of ``decide(snap)``. With a ``timeout`` the call runs in a daemon
-    thread and a hung call is abandoned; without one it runs in the caller's thread. Never raises."""
-    if timeout is None:
-        t0 = time.perf_counter()
-        try:
-            out = decide(snap)
-        except Exception as exc:  # the policy's failure is data, not our crash
-            out = PolicyFailure("policy_exception", f"{type(exc).__name__}: {exc}"[:500])
-        return out, (time.perf_counter() - t0) * 1000
-    box: dict[str, Any] = {}
+def answer(out: Any) -> Answer:
+    """Turn whatever a policy returned into a plain ``Answer`` (a clean ``Proposal`` or a ``PolicyFailure``, and the
+    audit text). Run it where the policy's objects may be touched: it calls their ``repr``, ``.get`` and properties.
+    A policy cannot pass itself off as the harness: an ``Answer`` or ``PolicyFailure`` it returns is unparseable."""
+    try:
+        if isinstance(out, (Answer, PolicyFailure)):
+            return Answer(PolicyFailure("unparseable", "a policy returned a harness object"), "<harness object>")
+        text = raw_text(out)
+        proposal, problem = parse_proposal(out)
+        return Answer(proposal if proposal is not None else PolicyFailure(problem or "unparseable"), text)
+    except BaseException as exc:  # noqa: BLE001 -- whatever the output does, it is the policy's failure
+        return Answer(PolicyFailure("unparseable", f"{type(exc).__name__} while reading the output"),
+                      "<unreadable output>")
 
-    def target() -> None:
-        try:
-            box["out"] = decide(snap)
-        except BaseException as exc:  # the policy's failure is data, not our crash
-            box["out"] = PolicyFailure("policy_exception", f"{type(exc).__name__}: {exc}"[:500])
 
-    t0 = time.perf_counter()
-    th = threading.Thread(target=target, daemon=True, name="tmsim-policy-call")
+def failure(kind: str, exc: BaseException | None = None, detail: str = "") -> Answer:
+    """The ``Answer`` that stands for a failed call (``kind``: policy_exception or timeout)."""
+    if exc is not None:
+        try:
+            detail = f"{type(exc).__name__}: {exc}"[:500]
+        except BaseException:  # noqa: BLE001 -- an exception whose str() fails
+            detail = type(exc).__name__
+    return Answer(PolicyFailure(kind, detail), f"<{kind}: {detail}>"[:RAW_OUTPUT_LIMIT])
+
+
+def guarded(decide: Callable[[Snapshot], Any], snap: Snapshot) -> Answer:
+    """One call on a private copy of the snapshot (what the policy does to it changes nothing the harness sees),
+    its output made plain, its failure (any exception, ``SystemExit`` included) made data."""
+    try:
+        return answer(decide(copy.deepcopy(snap)))
+    except BaseException as exc:  # noqa: BLE001 -- SystemExit and KeyboardInterrupt raised by a policy included
+        return failure("policy_exception", exc)
+
+
+def _in_thread(work: Callable[[], Any], timeout: float) -> bool:
+    """Run ``work()`` in a daemon thread; False when it is still running after ``timeout`` (it is abandoned)."""
+    th = threading.Thread(target=work, daemon=True, name="tmsim-policy-call")
     th.start()
     th.join(timeout)
+    return not th.is_alive()
+
+
+def call_policy(decide: Callable[[Snapshot], Any], snap: Snapshot,
+                timeout: float | None = DEFAULT_TIMEOUT) -> tuple[Answer, float]:
+    """(answer, latency in ms) of ``decide(snap)``. The call runs in a daemon thread on a copy of the snapshot and is
+    abandoned after ``timeout`` seconds (None: ``DEFAULT_TIMEOUT``). Never raises, whatever the policy does."""
+    limit = timeout or DEFAULT_TIMEOUT
+    box: list[Answer] = []
+    t0 = time.perf_counter()
+    done = _in_thread(lambda: box.append(guarded(decide, snap)), limit)
     ms = (time.perf_counter() - t0) * 1000
-    if th.is_alive():
-        return PolicyFailure("timeout", f"no answer within {timeout} s"), ms
-    return box.get("out"), ms
+    if not done or not box:
+        return failure("timeout", detail=f"no answer within {limit} s"), ms
+    return box[0], ms
 
 
-def call_policy_batch(policy, snaps: list[Snapshot], timeout: float | None) -> tuple[list[Any], list[float]]:
-    """Outputs and per-decision latencies for ``snaps``. Without a timeout the policy's optional ``decide_batch`` is
-    tried first (its latency is shared equally); a batch that fails or returns the wrong count is retried one call at
-    a time, so one failing call never sinks the batch."""
-    if timeout is None:
+def call_policy_batch(policy, snaps: list[Snapshot],
+                      timeout: float | None = DEFAULT_TIMEOUT) -> tuple[list[Answer], list[float]]:
+    """Answers and per-decision latencies for ``snaps``, in one guarded thread with a budget of ``timeout`` seconds
+    (None: ``DEFAULT_TIMEOUT``) per decision. The policy's optional ``decide_batch`` is tried first (its latency is
+    shared equally); a batch that fails or returns the wrong count is retried one call at a time, so one failing call
+    never sinks the batch. Decisions not answered within the budget are timeouts. A policy that guards itself (one
+    running in its own process, with a ``call_batch`` method) is asked through it."""
+    limit = timeout or DEFAULT_TIMEOUT
+    if callable(getattr(type(policy), "call_batch", None)):
+        return policy.call_batch(snaps, limit)
+    results: list[tuple[Answer, float]] = []
+
+    def work() -> None:
         fn = getattr(policy, "decide_batch", None)
-        if fn is not None:
+        if fn is not None and len(snaps) > 1:
             t0 = time.perf_counter()
             try:
-                raws = list(fn(snaps))
+                raws = list(fn([copy.deepcopy(s) for s in snaps]))
                 if len(raws) == len(snaps):
-                    ms = (time.perf_counter() - t0) * 1000 / max(len(snaps), 1)
-                    return raws, [ms] * len(snaps)
-            except Exception:
-                pass  # isolate the failure below, one call at a time
-    pairs = [call_policy(policy.decide, s, timeout) for s in snaps]
-    return [p[0] for p in pairs], [p[1] for p in pairs]
+                    ms = (time.perf_counter() - t0) * 1000 / len(snaps)
+                    results.extend((answer(r), ms) for r in raws)
+                    return
+            except BaseException:  # noqa: BLE001 -- isolate the failure below, one call at a time
+                pass
+        for s in snaps:
+            t0 = time.perf_counter()
+            ans = guarded(policy.decide, s)
+            results.append((ans, (time.perf_counter() - t0) * 1000))
+
+    t0 = time.perf_counter()
+    _in_thread(work, limit * max(len(snaps), 1))
+    done = list(results)[: len(snaps)]
+    if len(done) < len(snaps):
+        ms = (time.perf_counter() - t0) * 1000
+        done += [(failure("timeout", detail=f"no answer within {limit} s per decision"), ms)] * (len(snaps) - len(done))
+    return [a for a, _ in done], [m for _, m in done]
 
 
 def raw_text(raw: Any) -> str:
     """A policy's raw output as audit text (at most ``RAW_OUTPUT_LIMIT`` characters; never raises)."""
+    if isinstance(raw, Answer):
+        return raw.text
     if isinstance(raw, Proposal):
         try:
             return raw.model_dump_json()[:RAW_OUTPUT_LIMIT]
-        except Exception:
+        except Exception:  # noqa: BLE001 -- a proposal built without validation
             pass
     try:
         text = raw if isinstance(raw, str) else repr(raw)
-    except Exception as exc:  # a policy may return an object whose repr raises
-        text = f"<unprintable {type(raw).__name__}: {type(exc).__name__}>"
-    return text[:RAW_OUTPUT_LIMIT]
+        return str(text[:RAW_OUTPUT_LIMIT])
+    except Exception as exc:  # noqa: BLE001 -- a policy may return an object whose repr raises
+        return f"<unprintable {type(raw).__name__}: {type(exc).__name__}>"
 
 
 def decision_row(policy, snap: Snapshot, raw: Any, ms: float, act: ValidatedAction | None, violations: list[str],
                  action: str | None = None, source: str | None = None, staleness_steps: int | None = None) -> dict:
     """One ``decisions`` row (audit trail): the raw output, the parsed proposal, what was applied and why.
     ``action``/``source`` override the validated action's when the answer was not applied (a stale one)."""
-    proposal, _ = parse_proposal(raw) if not isinstance(raw, PolicyFailure) else (None, None)
+    try:
+        proposal, _ = parse_proposal(raw)
+        proposal_json = proposal.model_dump_json() if proposal else None
+    except Exception:  # noqa: BLE001 -- an output that was not made plain by the guarded call
+        proposal_json = None
     return dict(
         run_id=snap.run_id, task=snap.task, epoch=snap.epoch, policy_id=getattr(policy, "policy_id", "policy"),
         policy_version=str(getattr(policy, "version", "")), snapshot_hash=snap.hash, raw_output=raw_text(raw),
-        proposal_json=proposal.model_dump_json() if proposal else None, action=action or act.action,
+        proposal_json=proposal_json, action=action or act.action,
         action_json=act.to_json() if act else None, violations=list(violations), source=source or act.source,
         latency_ms=ms, staleness_steps=staleness_steps)

@@ -39,7 +39,8 @@ class Gate(BaseModel):
     max_unsafe_rate: float = Field(0.05, ge=0, le=1)
     unsafe_threshold: float = Field(0.10, ge=0)
     fatal_violations: list[str] = Field(default_factory=lambda: ["policy_exception", "timeout", "unparseable",
-                                                                  "empty_output", "unknown_action", "non_finite_value"])
+                                                                  "empty_output", "unknown_action", "non_finite_value",
+                                                                  "invalid_value"])
 
 
 class Suite(BaseModel):
@@ -96,6 +97,7 @@ class PolicyScore:
     replayed_share: float
     per_scenario: dict[str, dict[str, float]] = field(default_factory=dict)
     model_fallback_rate: float | None = None  # decisions a model policy answered with its rules fallback
+    failed: str | None = None  # why the policy could not be scored (its process died or hung); None when scored
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -150,6 +152,11 @@ class LeaderboardResult:
     library_hash: str
     surrogate_id: str
 
+    @property
+    def failed(self) -> dict[str, str]:
+        """{policy: why} for every policy that could not be scored."""
+        return {s.policy: s.failed for s in self.scores if s.failed}
+
     def ranked(self) -> list[PolicyScore]:
         """Best first: the oracle (an upper bound) on top, then by median val-loss change, then by unsafe rate."""
         return sorted(self.scores, key=lambda s: (not s.upper_bound, s.val_loss_change_pct, s.unsafe_rate))
@@ -175,7 +182,49 @@ def _worker_rollout(spec_path: str, roots: list[str], timeout: float | None):
 
     spec = load_spec(spec_path)
     pol = make_policy(spec, _WORKER["index"])
-    return spec.name, _WORKER["sim"].rollout(pol, roots, timeout=timeout)
+    try:
+        return spec.name, _WORKER["sim"].rollout(pol, roots, timeout=timeout), _failed(pol)
+    finally:
+        _close(pol)
+
+
+#: Names the harness's own reference policies use; a spec may take one only for that very policy.
+RESERVED = {"constant": "constant", "oracle": "oracle"}
+
+
+def check_policy_names(policies: list, specs: list | None = None) -> None:
+    """Refuse two policies with one name (naming both spec files) and a policy that would take the place of a
+    reference (``constant``, every score's baseline; ``oracle``, the upper bound) without being it."""
+    from ..policies import ConstantPolicy, OraclePolicy
+
+    where = {s.name: [] for s in specs or []}
+    for s in specs or []:
+        where[s.name].append(str(s.path or s.name))
+    seen: dict[str, int] = {}
+    for p in policies:
+        seen[p.policy_id] = seen.get(p.policy_id, 0) + 1
+    dup = sorted(n for n, c in seen.items() if c > 1)
+    if dup:
+        files = where.get(dup[0]) or [dup[0]] * 2
+        raise ValueError(f"policy name {dup[0]!r} is used twice ({' and '.join(files)}): names must be unique")
+    kinds = {"constant": ConstantPolicy, "oracle": OraclePolicy}
+    for p in policies:
+        if p.policy_id in RESERVED and type(p) is not kinds[p.policy_id]:
+            files = where.get(p.policy_id) or [p.policy_id]
+            raise ValueError(f"{files[0]}: field 'name': {p.policy_id!r} is reserved for the built-in {RESERVED[p.policy_id]} "
+                             "policy every score is measured against; choose another name")
+
+
+def _failed(policy) -> str | None:
+    """Why a policy could not be scored (its process died or stopped answering), or None."""
+    failed = getattr(policy, "failed", None)
+    return failed if isinstance(failed, str) else None
+
+
+def _close(policy) -> None:
+    close = getattr(type(policy), "close", None)
+    if callable(close):
+        policy.close()
 
 
 def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_id: str = "",
@@ -195,12 +244,14 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
     roots = sim.roots(suite.tasks or None, suite.scenarios or None, suite.seeds or None)
     if not roots:
         raise ValueError(f"suite {suite.name!r} selects no root of the library {library.root}")
+    check_policy_names(policies, specs)
     by_id = {p.policy_id: p for p in policies}
     if "constant" not in by_id:
         by_id = {"constant": ConstantPolicy(), **by_id}
     if "oracle" not in by_id:
         by_id["oracle"] = OraclePolicy(index)
     rollouts: dict[str, list[Rollout]] = {}
+    failed: dict[str, str | None] = {}
     pooled = {s.name: s for s in (specs or []) if s.path is not None} if workers > 1 else {}
     if pooled:
         import multiprocessing as mp
@@ -216,7 +267,7 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
                     if progress:
                         progress(pid)
             for f in as_completed(futs):
-                pid, outs = f.result()
+                pid, outs, failed[pid] = f.result()
                 rollouts[pid] = outs
                 if progress:
                     progress(pid)
@@ -226,11 +277,16 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
             rollouts[pid] = sim.rollout(pol, roots, timeout=timeout)
             if progress:
                 progress(pid)
+    for pid, pol in by_id.items():
+        if pid not in failed:
+            failed[pid] = _failed(pol)
+        _close(pol)
     constant = {o.root: o for o in rollouts["constant"]}
     oracle = {o.root: o for o in rollouts["oracle"]}
     scores = [score_policy(pid, outs, constant, oracle, suite.gate, is_upper_bound(by_id[pid]))
               for pid, outs in rollouts.items()]
     for s in scores:
+        s.failed = failed.get(s.policy)
         stats = model_stats(by_id[s.policy])
         if stats and stats.get("decisions"):
             s.model_fallback_rate = stats["fallbacks"] / stats["decisions"]
@@ -248,10 +304,12 @@ def format_table(result: LeaderboardResult) -> str:
     lines = [f"leaderboard: suite {result.suite.name}, {len(result.roots)} roots "
              f"(median change of final val loss vs doing nothing; negative is better)", head, "-" * len(head)]
     for i, s in enumerate(result.ranked(), 1):
-        name = s.policy + (" (upper bound)" if s.upper_bound else "")
+        name = s.policy + (" (upper bound)" if s.upper_bound else " (FAILED)" if s.failed else "")
         reg = "   n/a" if s.regret is None else f"{s.regret:7.2f}"
         lines.append(f"{i:>2}  {name:<22}{_ci(s):<33}{reg:>7}{s.unsafe_rate:8.1%}{s.violations_per_100:9.1f}"
                      f"{s.fallback_rate:9.1%}{s.interventions_per_run:7.2f}{s.replayed_share:9.1%}{s.latency_ms_p50:8.3f}")
+    for pid, why in result.failed.items():
+        lines.append(f"    FAILED {pid}: {why}; its decisions after that fell back to continue, so its row is not a score")
     scen = sorted({sc for s in result.scores for sc in s.per_scenario})
     lines += ["", "per scenario: median val-loss change % (unsafe rate)",
               f"{'policy':<22}" + "".join(f"{sc:>20}" for sc in scen)]

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from ..core.actions import KNOBS, Bounds, PolicyFailure, ValidatedAction, validate
-from ..core.decision import RunInfo, build_snapshot, call_policy, decision_row
+from ..core.decision import RunInfo, build_snapshot, call_policy_batch, decision_row, failure
 from ..core.snapshot import Snapshot
 from ..traces.format import DECISIONS
 from ..traces.index import TreeIndex
@@ -58,11 +58,11 @@ def run_policy(policy, snapshots: list[Snapshot], bounds: Bounds | None = None, 
     hung = False
     for snap in snapshots:
         if hung:
-            raw, ms = PolicyFailure("timeout", "policy stopped answering"), 0.0
+            raw, ms = failure("timeout", detail="policy stopped answering"), 0.0
         else:
-            raw, ms = call_policy(policy.decide, snap, timeout)
+            (raw,), (ms,) = call_policy_batch(policy, [snap], timeout)
             latencies.append(ms)
-        streak = streak + 1 if isinstance(raw, PolicyFailure) and raw.kind == "timeout" else 0
+        streak = streak + 1 if isinstance(raw.value, PolicyFailure) and raw.value.kind == "timeout" else 0
         hung = hung or streak >= max_consecutive_timeouts
         act, violations = validate(raw, snap, bounds)
         unvalidated += not _within(act, snap, bounds)
@@ -87,6 +87,7 @@ def run_policy(policy, snapshots: list[Snapshot], bounds: Bounds | None = None, 
         "latency_ms_p50": float(np.percentile(lat, 50)),
         "latency_ms_p95": float(np.percentile(lat, 95)),
         "hung": hung,
+        "failed": getattr(policy, "failed", None) if isinstance(getattr(policy, "failed", None), str) else None,
         "unvalidated_updates": unvalidated,
     }
     return pa.Table.from_pydict(cols, schema=DECISIONS), report
@@ -118,6 +119,8 @@ def format_report(report: dict) -> str:
         lines.append(f"  {k:<20} {c:>7}")
     if report["hung"]:
         lines.append("the policy stopped answering (consecutive timeouts); later decisions fell back to continue")
+    if report.get("failed"):
+        lines.append(f"FAILED: {report['failed']}; later decisions fell back to continue")
     return "\n".join(lines)
 
 
