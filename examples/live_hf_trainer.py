@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from tmsim.live import LiveManager, TMSimCallback
-from tmsim.policies import load_spec, make_policy
 from tmsim.core import Hyperparams
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,9 +45,9 @@ def main(spec: str = "policies/rules.toml", record: str | None = None, promotion
     ids = tok(text[:12000], add_special_tokens=False)["input_ids"]
     split = int(len(ids) * 0.8)
     train, val = Chunks(ids[:split], 64), Chunks(ids[split:], 64)
-    policy = make_policy(load_spec(spec))
-    mgr = LiveManager(policy, spec=spec, promotions=promotions, hparams=Hyperparams(lr=lr), max_epochs=epochs,
-                      decide_every=1, mode=mode, task="example-hf-lm", record_dir=record)
+    # the manager checks the spec's promotion record, then builds the policy from the spec itself
+    mgr = LiveManager.from_spec(spec, promotions=promotions, hparams=Hyperparams(lr=lr), max_epochs=epochs,
+                                decide_every=1, mode=mode, task="example-hf-lm", record_dir=record)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=8,
                                  per_device_eval_batch_size=16, learning_rate=lr, eval_strategy="epoch",

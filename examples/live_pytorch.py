@@ -15,7 +15,6 @@ from sklearn.datasets import load_digits
 from torch import nn
 
 from tmsim.live import LiveManager
-from tmsim.policies import load_spec, make_policy
 from tmsim.core import Hyperparams
 
 
@@ -30,7 +29,6 @@ def main(spec: str = "policies/rules.toml", record: str | None = None, promotion
     opt = torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=0.9)
     steps_per_epoch = len(xtr) // 32
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: 1 - 0.5 * s / (epochs * steps_per_epoch))
-    policy = make_policy(load_spec(spec))
 
     def evaluate() -> dict:
         model.eval()
@@ -41,9 +39,10 @@ def main(spec: str = "policies/rules.toml", record: str | None = None, promotion
         model.train()
         return out
 
-    with LiveManager(policy, spec=spec, promotions=promotions, hparams=hp, max_epochs=epochs, decide_every=decide_every,
-                     optimizer=opt, scheduler=sched, model=model, mode=mode, task="example-digits",
-                     record_dir=record) as mgr:
+    # the manager checks the spec's promotion record, then builds the policy from the spec itself
+    with LiveManager.from_spec(spec, promotions=promotions, hparams=hp, max_epochs=epochs, decide_every=decide_every,
+                               optimizer=opt, scheduler=sched, model=model, mode=mode, task="example-digits",
+                               record_dir=record) as mgr:
         mgr.on_epoch_end(evaluate())
         g = torch.Generator().manual_seed(seed)
         for _ in range(epochs):

@@ -86,7 +86,7 @@ def test_promote_refuses_random_accepts_a_passing_policy_and_checks(small_librar
     out = capsys.readouterr().out
     assert "halve on suite overfit: PROMOTED" in out and "excludes zero" in out
     record = json.loads((proms / "halve.json").read_text())
-    assert {"spec_sha256", "library_sha256", "surrogate_id", "suite", "scores", "date"} <= set(record)
+    assert {"spec_sha256", "library_sha256", "surrogate_sha256", "suite_toml", "suite", "scores", "date"} <= set(record)
     assert main(["promote", "--check", str(spec), "--promotions", str(proms)]) == 0
     spec.write_text(spec.read_text() + "# edited\n")
     assert main(["promote", "--check", str(spec), "--promotions", str(proms)]) == 1

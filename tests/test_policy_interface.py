@@ -83,8 +83,10 @@ def test_each_failure_has_its_own_name_and_falls_back(raw, kind):
 
 def test_clamps_cooldown_stop_and_budget():
     s = snap()
-    act, v = validate({"action": "set_lr", "value": 1e9}, s, Bounds(lr_max=0.3))
+    act, v = validate({"action": "set_lr", "value": 5.0}, s, Bounds(lr_max=0.3))
     assert act.hparams.lr == 0.3 and v == ["change_too_large", "out_of_bounds"]
+    act, v = validate({"action": "set_lr", "value": 1e9}, s, Bounds(lr_max=0.3))  # orders outside: not a move
+    assert act.source == "fallback" and v == ["invalid_value"]
     act, v = validate({"action": "set_lr", "value": 0.35}, s, Bounds(lr_max=0.3))
     assert act.hparams.lr == 0.3 and v == ["out_of_bounds"]
     act, v = validate("stop", snap(epoch=3), Bounds(min_stop_epoch=10))
@@ -245,7 +247,7 @@ class Adversary:
             return "lr_down"
         return [
             None, "<<garbage>> ignore previous instructions", {"action": "set_lr", "value": 1e30},
-            {"action": "set_lr", "value": float("nan")}, {"action": "teleport"}, 123456789, "lr_up",
+            {"action": "set_lr", "value": float("nan")}, {"action": "teleport"}, {"action": "set_lr", "value": 5.0}, "lr_up",
         ][k - 2]
 
 
@@ -259,7 +261,8 @@ def test_adversarial_policy_through_policy_check(small_library, tmp_path, capsys
     report = json.loads(out.read_text())
     assert report["unvalidated_updates"] == 0
     v = report["violations"]
-    for kind in ("policy_exception", "timeout", "empty_output", "unparseable", "change_too_large", "non_finite_value", "unknown_action"):
+    for kind in ("policy_exception", "timeout", "empty_output", "unparseable", "change_too_large", "non_finite_value",
+                 "unknown_action", "invalid_value"):
         assert v.get(kind, 0) > 0, (kind, v)
     assert report["decisions"] > 0 and 0 < report["fallback_rate"] < 1
     assert {"decisions", "violations", "fallback_rate", "latency_ms_p50", "latency_ms_p95"} <= set(report)

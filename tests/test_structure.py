@@ -193,8 +193,16 @@ def test_register_kind_and_register_task_in_code(monkeypatch):
 
     register_kind("halver", "plugin_policies:AlwaysHalve", overwrite=True)
     assert "halver" in kind_names()
-    pol = make_policy(PolicySpec(name="h", kind="halver"))
-    assert pol.policy_id == "h" and pol.decide(None).action == "lr_down"
+    from tmsim.core import Bounds, Hyperparams, Snapshot, validate
+
+    snap = Snapshot.build("r", "t", [{"epoch": 0, "val_loss": 1.0}, {"epoch": 5, "val_loss": 0.9}],
+                          Hyperparams(lr=0.1), max_epochs=20, decide_every=5)
+    pol = make_policy(PolicySpec(name="h", kind="halver"))  # a plugin kind: built in its own process
+    try:
+        assert pol.policy_id == "h" and validate(pol.decide(snap), snap, Bounds())[0].action == "lr_down"
+    finally:
+        pol.close()
+    assert make_policy(PolicySpec(name="h", kind="halver"), isolate=False).decide(snap).action == "lr_down"
     register("blowup-in-code", "blowup_tasks:BlowupTask", overwrite=True)
     assert "blowup-in-code" in task_names() and get_task("blowup-in-code").name == "blowup"
     with pytest.raises(ValueError, match="unknown task 'nope'"):

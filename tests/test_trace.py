@@ -72,8 +72,9 @@ def test_truncated_file_is_named_and_neighbours_still_read(small_library, tmp_pa
     loaded = _expect_skipped(lib, str(victim))
     assert "not a readable Parquet file" in loaded.problems[0]
     assert len(loaded.files["epochs"]) == len(table_files(small_library, "epochs")) - 1
-    # its runs are still there, and the missing epochs are reported rather than silently absent
-    assert loaded.runs.num_rows == load_library(small_library).runs.num_rows
+    # its runs cannot be used without their epochs: they are skipped and reported, never silently absent
+    assert any("have no rows in the epochs table" in p for p in loaded.problems)
+    assert 0 < loaded.runs.num_rows < load_library(small_library).runs.num_rows
 
 
 def test_corrupt_bytes_in_the_middle(small_library, tmp_path):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -30,22 +31,49 @@ def default_traces() -> Path:
 
 
 def _cmd_record(args: argparse.Namespace) -> int:
-    from .record import parse_seeds, record, specs_from_args
+    from .record import (RecorderBusy, RecordingInterrupted, TreesNotRecorded, parse_seeds, record, run_id,
+                         specs_from_args)
 
     tasks = args.task.split(",")
     scenarios = None if args.scenario in (None, "all") else args.scenario.split(",")
     specs = specs_from_args(tasks, scenarios, parse_seeds(args.seeds), args.depth, args.decide_every, args.budget)
-    stats = record(specs, args.out, workers=args.workers, overwrite=args.overwrite, show_progress=not args.quiet)
+    try:
+        stats = record(specs, args.out, workers=args.workers, overwrite=args.overwrite, show_progress=not args.quiet)
+    except RecorderBusy as exc:
+        print(f"tmsim: error: {exc}", file=sys.stderr)
+        return 1
+    except RecordingInterrupted as exc:
+        print(f"tmsim: {exc}; {exc.stats.get('trees', 0)} tree(s) finished by this run are on disk and "
+              "`tmsim record` resumes from them", file=sys.stderr)
+        return 128 + exc.signum
+    except TreesNotRecorded as exc:
+        stats = exc.stats
+        print(f"recorded {stats['trees']} tree(s) ({stats['skipped']} already there): {stats['runs']} runs, "
+              f"{stats['epochs']} epochs in {stats['seconds']} s -> {args.out}")
+        for spec, why in exc.failed:
+            print(f"tmsim: error: tree {run_id(spec, ())} not recorded: {why}", file=sys.stderr)
+        return 1
     print(f"recorded {stats['trees']} tree(s) ({stats['skipped']} already there): {stats['runs']} runs, "
           f"{stats['epochs']} epochs in {stats['seconds']} s -> {args.out}")
     return 0
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from .traces.query import connect, format_table
+    if not args.timeout >= 0:  # also refuses nan
+        raise ValueError(f"--timeout must be >= 0 seconds (0: no limit), got {args.timeout:g}")
+    limit = args.timeout if 0 < args.timeout < float("inf") else None
+    try:
+        from .traces.query import QueryTimeout, connect, format_table
 
-    with connect(args.traces, warn=sys.stderr) as q:
-        table = q.sql(args.sql)
+        with connect(args.traces, warn=sys.stderr) as q:
+            table = q.sql(args.sql, timeout=limit)
+    except QueryTimeout:
+        print(f"tmsim: error: query stopped after {args.timeout:g} s (raise the limit with --timeout SECONDS, 0 for none)",
+              file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("tmsim: query interrupted", file=sys.stderr)
+        return 130
     sys.stdout.write(format_table(table, args.format))
     return 0
 
@@ -64,6 +92,7 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from .core.actions import Bounds
+    from .core.names import safe_filename, safe_name
     from .policies import find_specs, make_policy
     from .policies.check import decision_points, format_report, run_policy
     from .traces import TreeIndex, write_table
@@ -74,19 +103,24 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
     reports = []
     for spec in find_specs(args.spec):
         policy = make_policy(spec, index)
-        with tqdm(total=len(snaps), desc=spec.name, unit="decision", disable=args.quiet, leave=False) as bar:
-            audit, report = run_policy(policy, snaps, bounds, timeout=args.timeout, on_decision=lambda: bar.update(1))
+        try:
+            with tqdm(total=len(snaps), desc=spec.name, unit="decision", disable=args.quiet, leave=False) as bar:
+                audit, report = run_policy(policy, snaps, bounds, timeout=args.timeout, on_decision=lambda: bar.update(1))
+        finally:
+            if callable(getattr(type(policy), "close", None)):
+                policy.close()
         print(format_report(report))
         print()
         if args.audit:
             for task in sorted(set(audit["task"].to_pylist())):
                 part = audit.filter(pc.equal(audit["task"], task))
-                write_table(part, args.audit / "decisions" / f"task={task}" / f"check-{spec.name}.parquet", "decisions")
+                write_table(part, args.audit / "decisions" / f"task={safe_filename(task)}"
+                            / f"check-{safe_name(spec.name, 'policy name')}.parquet", "decisions")
         reports.append(report)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(reports[0] if len(reports) == 1 else reports, indent=2) + "\n")
-    return 0
+    return _failed_exit({r["policy"]: r["failed"] for r in reports if r.get("failed")})
 
 
 def _cmd_policy_schema(args: argparse.Namespace) -> int:
@@ -187,35 +221,59 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
         out = args.report or DEFAULT_RESULTS / suite.name
         files = write_report(result, out)
         print(f"\nreport: {files['html']} (also {files['md'].name}, {files['json'].name}, 3 plots)")
-    return 0
+    return _failed_exit(result.failed)
+
+
+#: Exit code of a command that could not score every policy it was given (its output says which and why).
+EXIT_POLICY_FAILED = 3
+
+
+def _failed_exit(failed: dict[str, str]) -> int:
+    for pid, why in failed.items():
+        print(f"tmsim: error: policy {pid} could not be scored: {why}", file=sys.stderr)
+    return EXIT_POLICY_FAILED if failed else 0
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from .evaluate.leaderboard import load_suite
-    from .evaluate.promote import check_record, gate, write_record
+    from .evaluate.promote import gate, verify_record, write_record
 
     spec = _resolve_spec(args.policy)
     if args.check:
         lib = _load_lib(args.traces) if args.traces_given else None
-        ok, problems = check_record(spec, args.promotions, lib.digest() if lib else None)
-        if ok:
-            print(f"{spec.name}: promotion record {args.promotions / (spec.name + '.json')} matches the files")
+        res = verify_record(spec, args.promotions, lib.digest() if lib else None)
+        for n in res.notes:
+            print(f"tmsim: note: {n}", file=sys.stderr)
+        if res.ok:
+            print(f"{spec.name}: promotion record {res.path} passes the gate again and matches the files"
+                  + ("" if lib else " (library not checked: pass --traces to check it too)"))
             return 0
-        for p in problems:
+        for p in res.problems:
             print(f"tmsim: promotion check failed: {p}", file=sys.stderr)
         return 1
+    import os
+
+    from .evaluate.leaderboard import load_suite
+    from .simulate.surrogate import digest_path
+
     suite = load_suite(args.suite)
     lib = _load_lib(args.traces)
     result = _leaderboard(lib, [spec], suite, args.quiet)
     score = next(s for s in result.scores if s.policy == spec.name)
+    if getattr(score, "failed", None):
+        print(f"tmsim: error: policy {spec.name} could not be scored: {score.failed}", file=sys.stderr)
+        return 3  # as the leaderboard: a run that could not score the policy never exits 0
     ok, reasons = gate(score, suite)
     print(f"{spec.name} on suite {suite.name}: {'PROMOTED' if ok else 'REFUSED'}")
     for r in reasons:
         print(f"  - {r}")
     if not ok:
         return 1
-    path = write_record(spec, score, suite, result.library_hash, result.surrogate_id, args.promotions)
-    print(f"record: {path}")
+    # the cached surrogate file whose digest the scores were computed with (its sidecar names the digest)
+    sur_path = next((p for p in sorted(surrogate_cache().glob("*.skops"))
+                     if digest_path(p).exists() and f'"{result.surrogate_id}"' in digest_path(p).read_text()), None)
+    path = write_record(spec, score, suite, result.library_hash, result.surrogate_id, args.promotions,
+                        surrogate_path=sur_path)
+    print(f"record: {path}" + (" (signed)" if os.environ.get("TMSIM_PROMOTION_KEY") else ""))
     return 0
 
 
@@ -225,7 +283,9 @@ def _resolve_spec(name: str):
     p = Path(name)
     if p.suffix == ".toml" or p.exists():
         return load_spec(p)
-    cand = DEFAULT_POLICIES / f"{name}.toml"
+    from .core.names import safe_name
+
+    cand = DEFAULT_POLICIES / f"{safe_name(name, 'policy name')}.toml"  # a bare name never leaves policies/
     if cand.exists():
         return load_spec(cand)
     raise ValueError(f"policy {name!r}: neither a spec file nor a name in {DEFAULT_POLICIES}")
@@ -295,10 +355,10 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--scenario", default="all", help="scenario name(s), comma-separated, or 'all'")
     r.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,5")
     r.add_argument("--decide-every", type=int, default=None, help="epochs between decisions (default: the scenario's)")
-    r.add_argument("--depth", type=int, default=3, help="decision points branched per run")
+    r.add_argument("--depth", type=int, default=3, help="decision points branched per run (0: the root only)")
     r.add_argument("--budget", type=int, default=None, help="at most this many runs per tree (sampled; do-nothing always kept)")
-    r.add_argument("--out", required=True, type=Path, help="library directory to write")
-    r.add_argument("--workers", type=int, default=2, help="processes (default 2)")
+    r.add_argument("--out", required=True, type=Path, help="library directory to write (one recorder at a time)")
+    r.add_argument("--workers", type=int, default=2, help="processes (default 2; 1 records in this process)")
     r.add_argument("--overwrite", action="store_true", help="re-record trees that are already there")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_record)
@@ -307,6 +367,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("sql")
     q.add_argument("--traces", type=Path, default=None)
     q.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    q.add_argument("--timeout", type=float, default=60.0, metavar="SECONDS",
+                   help="stop a query still running after this long (default 60; 0: no limit)")
     q.set_defaults(func=_cmd_query)
 
     s = sub.add_parser("summary", help="the trace library at a glance")
@@ -334,7 +396,8 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--report", type=Path, default=None, help="report directory (default eval/results/SUITE)")
     lb.add_argument("--no-report", action="store_true")
     lb.add_argument("--workers", type=int, default=1, help="processes for policy rollouts")
-    lb.add_argument("--timeout", type=float, default=None, help="seconds per decision (default: no per-call timeout)")
+    lb.add_argument("--timeout", type=float, default=None,
+                    help="seconds a policy may take per decision (default 30); a late answer is a timeout violation")
     lb.add_argument("--quiet", action="store_true")
     lb.set_defaults(func=_cmd_leaderboard)
 
@@ -343,7 +406,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
     pr.add_argument("--traces", type=Path, default=None)
     pr.add_argument("--promotions", type=Path, default=DEFAULT_PROMOTIONS)
-    pr.add_argument("--check", action="store_true", help="verify the policy's promotion record against the files")
+    pr.add_argument("--check", action="store_true",
+                    help="verify the policy's promotion record: the gate on its scores, and every hash against the files "
+                         "(signed records: set TMSIM_PROMOTION_KEY)")
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_cmd_promote)
 
@@ -390,14 +455,30 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "traces", "unset") is None:
         args.traces = default_traces()
     try:
-        return args.func(args)
+        rc = args.func(args)
     except (TraceError, ValueError) as exc:  # SurrogateError is a ValueError too
         print(f"tmsim: error: {exc}", file=sys.stderr)
-        return 2
+        rc = 2
     except KeyboardInterrupt:
-        print("tmsim: interrupted; finished trees are on disk and `tmsim record` resumes from them", file=sys.stderr)
-        return 130
+        extra = "; finished trees are on disk and `tmsim record` resumes from them" if args.command == "record" else ""
+        print(f"tmsim: interrupted{extra}", file=sys.stderr)
+        rc = 130
+    return rc
+
+
+def run() -> None:
+    """The ``tmsim`` command: ``main`` and exit with its code. A policy run in this process may have started a
+    thread that never ends; the command's work is done and its output written by then, so the process exits with
+    the command's code instead of waiting for that thread."""
+    import threading
+
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    if any(t is not threading.main_thread() and not t.daemon and t.is_alive() for t in threading.enumerate()):
+        os._exit(rc)
+    sys.exit(rc)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

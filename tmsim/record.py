@@ -13,6 +13,28 @@ counterfactual difference is the action's effect, not sampling noise).
 ``budget`` caps the runs recorded per tree: the root and all single-action branches come first, deeper branches
 are sampled with a generator seeded by the tree's identity, so a budgeted tree is deterministic too.
 
+Recording safely
+----------------
+- One recorder per library: ``record()`` holds an exclusive lock (``flock`` on ``OUT/.tmsim-record.lock``, which
+  holds the recorder's pid) for the whole recording, and a second recorder on the same ``out`` is refused with
+  :class:`RecorderBusy`, naming the directory and the holder's pid. Only the lock holder removes leftover temporary
+  files (``.NAME.tmp-PID``), and only those whose writer process no longer exists.
+- Trees are recorded by worker processes (``workers`` of them, each with its own pipe to the recorder). SIGINT,
+  SIGTERM and SIGHUP stop the recording: the workers are terminated, finished trees stay on disk, and
+  :class:`RecordingInterrupted` (a ``KeyboardInterrupt``) is raised with the signal's number; ``tmsim record`` exits
+  with 128 + that number (130 for SIGINT, 143 for SIGTERM). Workers ignore SIGINT (a Ctrl-C reaches the whole
+  process group; the recorder decides) and exit on their own when the recorder dies, however it dies.
+- A worker that dies while recording a tree (killed by the OOM killer, say) loses only that tree: it is recorded
+  again in a fresh worker, at most ``retries`` more times. A tree that could not be recorded, or whose task raised
+  an error, does not stop the others; :class:`TreesNotRecorded` lists them at the end, one line per tree.
+- A tree that was stopped between its two writes (epochs first, runs last) has its epochs file removed before
+  ``record()`` returns or raises, so the library holds whole trees only.
+  (``concurrent.futures.ProcessPoolExecutor`` would not do here: one dead worker breaks the whole pool, failing every
+  tree in flight without saying which one was lost, and it has no public way to terminate its workers.)
+- With ``workers=1`` the trees are recorded in the calling process, and a task's error propagates as it is.
+- Arguments are checked before anything runs: ``depth >= 0``, ``decide_every >= 1``, ``budget >= 1``, seeds
+  ``>= 0``, ``workers >= 1``; a bad one raises ``ValueError`` naming the command-line option.
+
 Example
 -------
 >>> from tmsim.record import TreeSpec, plan_tree
@@ -21,15 +43,21 @@ Example
 """
 from __future__ import annotations
 
+import fcntl
 import math
+import operator
 import os
 import random
+import re
+import signal
+import sys
+import threading
 import time
-from collections import defaultdict
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from collections import Counter, defaultdict, deque
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import pyarrow as pa
 
@@ -59,6 +87,12 @@ class TreeSpec:
     menu: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
+        _check_whole("--depth", self.depth, 0)
+        _check_whole("--seeds", self.seed, 0)
+        if self.decide_every is not None:
+            _check_whole("--decide-every", self.decide_every, 1)
+        if self.budget is not None:
+            _check_whole("--budget", self.budget, 1)
         if ":" in self.task:  # a task given by import path is filed under its registered name
             object.__setattr__(self, "task", get_task(self.task).name)
 
@@ -75,6 +109,16 @@ class TreeSpec:
     def recipe(self) -> str:
         """The canonical description stored in each file's metadata (resume compares it)."""
         return dumps({**asdict(self.resolved()), "recorder": RECORDER_VERSION})
+
+
+def _check_whole(option: str, value, low: int) -> None:
+    """Refuse anything but a whole number >= ``low``, naming the command-line option that sets it."""
+    try:
+        ok = not isinstance(value, bool) and operator.index(value) >= low
+    except TypeError:
+        ok = False
+    if not ok:
+        raise ValueError(f"{option} must be a whole number >= {low}, got {value!r}")
 
 
 def run_id(spec: TreeSpec, branch: Branch) -> str:
@@ -266,6 +310,154 @@ def write_tree(out: Path, spec: TreeSpec, runs: pa.Table, epochs: pa.Table) -> N
     write_table(runs, paths["runs"], "runs", md)
 
 
+# --- recording safely: the library lock, signals, worker processes ------------------------------------------------
+
+LOCK_NAME = ".tmsim-record.lock"
+_STOP_SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, n))
+
+
+class RecorderBusy(RuntimeError):
+    """Another recorder holds the lock on the library directory."""
+
+
+class RecordingInterrupted(KeyboardInterrupt):
+    """The recording was stopped by a signal: ``signum`` is its number, ``stats`` counts what was finished."""
+
+    def __init__(self, signum: int):
+        self.signum = signum
+        self.stats: dict = {}
+        super().__init__(f"recording stopped by {signal.Signals(signum).name}")
+
+
+class TreesNotRecorded(RuntimeError):
+    """Some trees could not be recorded: ``failed`` holds ``(spec, reason)`` pairs, ``stats`` counts the rest."""
+
+    def __init__(self, failed: list[tuple[TreeSpec, str]], stats: dict):
+        self.failed = failed
+        self.stats = stats
+        super().__init__(f"{len(failed)} tree(s) could not be recorded: "
+                         + "; ".join(f"{run_id(s, ())} ({why})" for s, why in failed))
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+
+
+def _lock_holder(fd: int) -> str:
+    """The pid written in the lock file (the holder writes it just after taking the lock, so wait a moment)."""
+    for _ in range(20):
+        text = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+        if text.isdigit():
+            return text
+        time.sleep(0.01)
+    return "unknown"
+
+
+@contextmanager
+def _library_lock(out: Path) -> Iterator[None]:
+    """Hold the exclusive recorder lock on ``out`` (created if missing), or raise :class:`RecorderBusy`.
+
+    The lock file exists only while it is held: the holder removes it before releasing the lock, so a recorder
+    that opened the old file in between finds its lock void (the path names another file, or none) and tries again.
+    """
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ValueError(f"--out {out}: cannot create the library directory ({exc.strerror or exc})") from None
+    path = out / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = _lock_holder(fd)
+            os.close(fd)
+            raise RecorderBusy(f"{out}: another tmsim recorder (pid {holder}) is recording into this directory; "
+                               "wait for it to end or use another --out") from None
+        except BaseException:
+            os.close(fd)
+            raise
+        try:
+            held = os.fstat(fd)
+            now = os.stat(path)
+            if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                break
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        try:
+            os.unlink(path)
+        finally:
+            os.close(fd)
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (a zombie, which has ended, does not count)."""
+    if pid <= 0:
+        return True  # not a process id: never treat its file as abandoned
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            return fh.read().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except (OSError, IndexError):
+        return True
+
+
+def _remove_stale_temp_files(out: Path) -> None:
+    """Delete the temporary files (``.NAME.tmp-PID``) of writers that have ended. Only the lock holder calls this;
+    a file whose writer still runs (another tool writing into the library, say) is left alone."""
+    for tmp in out.glob("*/task=*/.*.tmp-*"):
+        pid = tmp.name.rsplit(".tmp-", 1)[1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _remove_unfinished(out: Path, specs: list[TreeSpec]) -> None:
+    """Delete the epochs file of each tree in ``specs`` that has no runs file: a tree stopped between its two writes
+    (by a signal, a killed worker, an error) leaves nothing that a reader would report as orphan rows."""
+    for spec in specs:
+        paths = tree_paths(out, spec)
+        if not paths["runs"].exists():
+            paths["epochs"].unlink(missing_ok=True)
+
+
+@contextmanager
+def _stop_on_signals() -> Iterator[None]:
+    """Turn SIGINT, SIGTERM and SIGHUP into :class:`RecordingInterrupted` while recording. Only the first one raises,
+    so a second signal cannot cut the clean-up short. A signal that the process was started with ignored (``nohup``)
+    stays ignored. Python delivers signals to the main thread only, so elsewhere this does nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    fired: list[int] = []
+
+    def handler(signum, frame):
+        if not fired:
+            fired.append(signum)
+            raise RecordingInterrupted(signum)
+
+    previous = {}
+    for sig in _STOP_SIGNALS:
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            previous[sig] = signal.signal(sig, handler)
+    try:
+        yield
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old if old is not None else signal.SIG_DFL)
+
+
 def _worker_init(task_refs: dict[str, str]) -> None:
     """A worker process: one thread, and the parent's task registry (tasks given by import path or registered in
     code are found by name here too)."""
@@ -276,84 +468,287 @@ def _worker_init(task_refs: dict[str, str]) -> None:
         TASKS.register(name, ref, overwrite=True)
 
 
-def _record_one(out: str, spec: TreeSpec, queue) -> tuple[TreeSpec, int, int]:
-    runs, epochs = record_tree(spec, (lambda k, n: queue.put((k, n))) if queue is not None else None)
-    write_tree(Path(out), spec, runs, epochs)
-    return spec, runs.num_rows, epochs.num_rows
+def _exit_with_parent(parent_pid: int) -> None:
+    """End this process when the recorder ends, however it ends (SIGKILL included): the kernel's parent-death signal
+    where Linux offers it (immediate), and everywhere a daemon thread that notices the parent is gone (within 0.5 s;
+    it also covers a parent that died before the signal was asked for)."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # 1 = PR_SET_PDEATHSIG
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(0.5)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="tmsim-parent-watch", daemon=True).start()
+
+
+def _worker_main(conn, task_refs: dict[str, str], parent_pid: int) -> None:
+    """A worker process: record each tree the recorder sends over ``conn`` (``(out, spec)``) until it sends None.
+
+    It reports ``("progress", kind, n)`` while training, then ``("done", runs, epochs)`` or ``("error", text)``. It
+    ignores SIGINT: a Ctrl-C reaches the whole process group, and the recorder decides what happens.
+    """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the recorder while it started us
+    _exit_with_parent(parent_pid)
+    try:
+        _worker_init(task_refs)
+        init_error = None
+    except Exception as exc:  # reported for each tree: no tree can be recorded here
+        init_error = _one_line(exc)
+    while True:
+        try:
+            job = conn.recv()
+        except EOFError:
+            return
+        if job is None:
+            return
+        out, spec = job
+        if init_error is not None:
+            conn.send(("error", init_error))
+            continue
+        try:
+            runs, epochs = record_tree(spec, lambda kind, n: conn.send(("progress", kind, n)))
+            write_tree(Path(out), spec, runs, epochs)
+        except Exception as exc:
+            conn.send(("error", _one_line(exc)))
+        else:
+            conn.send(("done", runs.num_rows, epochs.num_rows))
+
+
+class _Worker:
+    """One worker process, the recorder's end of its pipe, the tree it is recording and the progress reported for
+    that tree so far (taken back from the progress bar if the tree is lost)."""
+
+    def __init__(self, proc, conn):
+        self.proc, self.conn = proc, conn
+        self.spec: TreeSpec | None = None
+        self.done_runs = self.done_epochs = 0
+
+
+def _start_worker(ctx, task_refs: dict[str, str], pool: list[_Worker]) -> None:
+    """Start a worker and add it to ``pool``. The stop signals are blocked meanwhile, so a signal can neither leave
+    a started worker outside ``pool`` (where nothing would stop it) nor reach the worker before it ignores SIGINT
+    (the child inherits the blocked mask and unblocks it itself)."""
+    conn, child = ctx.Pipe()
+    proc = ctx.Process(target=_worker_main, args=(child, task_refs, os.getpid()), name="tmsim-record-worker",
+                       daemon=True)
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+    try:
+        try:
+            proc.start()
+        finally:
+            child.close()
+        pool.append(_Worker(proc, conn))
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def _stop_workers(pool: list[_Worker], graceful: bool) -> None:
+    """End every worker in ``pool``: ask them to finish (``graceful``), then SIGTERM, then SIGKILL."""
+    if graceful:
+        for w in pool:
+            try:
+                w.conn.send(None)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        for w in pool:
+            w.proc.join(max(0.0, deadline - time.monotonic()))
+    for w in pool:
+        if w.proc.is_alive():
+            w.proc.terminate()
+    deadline = time.monotonic() + 5
+    for w in pool:
+        w.proc.join(max(0.0, deadline - time.monotonic()))
+    for w in pool:
+        if w.proc.is_alive():
+            w.proc.kill()
+            w.proc.join()
+        w.conn.close()
+    pool.clear()
+
+
+def _exit_reason(code: int | None) -> str:
+    if code is not None and code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
+def _record_in_workers(todo: list[TreeSpec], out: Path, workers: int, retries: int, on_progress, on_done) -> list[tuple[TreeSpec, str]]:
+    """Record ``todo`` in up to ``workers`` spawned processes; return the trees that could not be recorded.
+
+    A worker that dies while recording a tree loses only that tree, which goes back to the front of the queue (a
+    fresh worker takes it) until it has been lost ``retries + 1`` times. A task's error is final (it would recur).
+    """
+    import multiprocessing as mp
+    from multiprocessing.connection import wait as wait_any
+
+    ctx = mp.get_context("spawn")
+    refs = TASKS.refs()
+    queue = deque(todo)
+    lost: Counter[TreeSpec] = Counter()
+    failed: list[tuple[TreeSpec, str]] = []
+    pool: list[_Worker] = []
+    try:
+        while queue or any(w.spec is not None for w in pool):
+            busy = sum(w.spec is not None for w in pool)
+            while len(pool) < min(workers, busy + len(queue)):
+                _start_worker(ctx, refs, pool)
+            for w in pool:
+                if w.spec is None and queue:
+                    w.spec, w.done_runs, w.done_epochs = queue.popleft(), 0, 0
+                    try:
+                        w.conn.send((str(out), w.spec))
+                    except OSError:
+                        pass  # the worker is gone: found below, and its tree is queued again
+            wait_any([w.conn for w in pool] + [w.proc.sentinel for w in pool], timeout=1.0)
+            for w in list(pool):
+                try:
+                    while w.conn.poll():
+                        msg = w.conn.recv()
+                        if msg[0] == "progress":
+                            if msg[1] == "epochs":
+                                w.done_epochs += msg[2]
+                            else:
+                                w.done_runs += msg[2]
+                            on_progress(msg[1], msg[2])
+                        elif msg[0] == "done":
+                            on_done(w.spec, msg[1], msg[2])
+                            w.spec = None
+                        else:
+                            failed.append((w.spec, msg[1]))
+                            w.spec = None
+                    if w.proc.is_alive():
+                        continue
+                except (EOFError, OSError):
+                    pass
+                # The worker is gone (killed, say, by the OOM killer): replace it, and retry its tree.
+                pool.remove(w)
+                _stop_workers([w], graceful=False)
+                if w.spec is not None:
+                    on_progress("runs", -w.done_runs)
+                    on_progress("epochs", -w.done_epochs)
+                    lost[w.spec] += 1
+                    if lost[w.spec] > retries:
+                        failed.append((w.spec, f"its worker {_exit_reason(w.proc.exitcode)}; tried {lost[w.spec]} times"))
+                    else:
+                        queue.appendleft(w.spec)
+        _stop_workers(pool, graceful=True)
+    finally:
+        _stop_workers(pool, graceful=False)  # on an error or a signal: nothing is left running
+    return failed
+
+
+_MAX_SEEDS = 100_000
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ``"2"`` -> [2]."""
+    """``"0-4"`` -> [0, 1, 2, 3, 4]; ``"0,3,7"`` -> [0, 3, 7]; ``"2"`` -> [2].
+
+    Seeds are whole numbers >= 0, a range is written low-high, and a seed named twice counts once.
+    """
     seeds: list[int] = []
-    try:
-        for part in text.split(","):
-            if "-" in part:
-                a, b = part.split("-")
-                seeds.extend(range(int(a), int(b) + 1))
-            else:
-                seeds.append(int(part))
-    except ValueError:
-        raise ValueError(f"--seeds: cannot parse {text!r}; use e.g. 0-4 or 0,2,5") from None
-    return seeds
+    for part in text.split(","):
+        m = re.fullmatch(r"\s*([0-9]+)\s*(?:-\s*([0-9]+)\s*)?", part)
+        if m is None:
+            if re.fullmatch(r"\s*-\s*[0-9][0-9\s-]*", part):
+                raise ValueError(f"--seeds: seeds are whole numbers >= 0, got {part.strip()!r}")
+            raise ValueError(f"--seeds: cannot parse {text!r}; use e.g. 0-4 or 0,2,5")
+        lo = int(m[1])
+        hi = lo if m[2] is None else int(m[2])
+        if hi < lo:
+            raise ValueError(f"--seeds: the range {lo}-{hi} is empty; write the lower seed first ({hi}-{lo})")
+        if hi - lo + len(seeds) >= _MAX_SEEDS:
+            raise ValueError(f"--seeds: {text!r} names more than {_MAX_SEEDS} seeds")
+        seeds.extend(range(lo, hi + 1))
+    return list(dict.fromkeys(seeds))
 
 
-def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, overwrite: bool = False, show_progress: bool = True) -> dict:
+def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, overwrite: bool = False,
+           show_progress: bool = True, retries: int = 2) -> dict:
     """Record ``specs`` into the library at ``out``, skipping trees already recorded with the same recipe.
 
-    Returns counts: ``trees``, ``skipped`` (already there), ``runs`` and ``epochs`` written, ``seconds``.
+    Parameters
+    ----------
+    specs : the trees to record (one named twice is recorded once).
+    out : the library directory (created if missing). One recorder at a time may write to it.
+    workers : processes that record trees (>= 1); with 1, trees are recorded in this process.
+    overwrite : re-record trees that are already there.
+    show_progress : a progress bar on stderr.
+    retries : how many more times a tree is tried after its worker process died while recording it.
+
+    Returns counts: ``trees`` recorded, ``skipped`` (already there), ``runs`` and ``epochs`` written, ``seconds``.
+
+    Raises :class:`RecorderBusy` when another recorder holds ``out``, :class:`RecordingInterrupted` on SIGINT,
+    SIGTERM or SIGHUP (finished trees stay on disk), :class:`TreesNotRecorded` after the others are recorded when
+    some trees could not be, ``ValueError`` for a bad argument, ``TraceError`` when ``out`` holds a tree recorded
+    with another recipe.
     """
     from tqdm import tqdm
 
+    _check_whole("--workers", workers, 1)
+    _check_whole("retries", retries, 0)
     out = Path(out)
-    for stale in out.glob("*/task=*/.*.tmp-*"):  # leftovers of an interrupted write; never read as complete
-        stale.unlink()
-    todo = []
-    for s in specs:
-        if not overwrite and is_recorded(out, s):
-            continue
-        todo.append(s)
-    total_runs = sum(len(plan_tree(s)) for s in todo)
-    stats = {"trees": len(todo), "skipped": len(specs) - len(todo), "runs": 0, "epochs": 0}
+    specs = list(dict.fromkeys(specs))
+    stats = {"trees": 0, "skipped": 0, "runs": 0, "epochs": 0}
+    failed: list[tuple[TreeSpec, str]] = []
     t0 = time.perf_counter()
-    bar = tqdm(total=total_runs, unit="run", desc="recording", disable=not show_progress or not todo, dynamic_ncols=True)
-    epochs_done = 0
 
-    def on_progress(kind: str, n: int) -> None:
-        nonlocal epochs_done
-        if kind == "epochs":
-            epochs_done += n
-            bar.set_postfix_str(f"{epochs_done} epochs trained", refresh=False)
-        else:
-            bar.update(n)
+    todo: list[TreeSpec] = []
+    finished: set[TreeSpec] = set()
+
+    def on_done(spec: TreeSpec, nr: int, ne: int) -> None:
+        finished.add(spec)
+        stats["trees"] += 1
+        stats["runs"] += nr
+        stats["epochs"] += ne
 
     try:
-        if workers <= 1:
-            for s in todo:
-                runs, epochs = record_tree(s, on_progress)
-                write_tree(out, s, runs, epochs)
-                stats["runs"] += runs.num_rows
-                stats["epochs"] += epochs.num_rows
-        elif todo:
-            import multiprocessing as mp
+        with _stop_on_signals(), _library_lock(out):
+            _remove_stale_temp_files(out)  # leftovers of an interrupted write; never read as complete
+            todo = [s for s in specs if overwrite or not is_recorded(out, s)]
+            stats["skipped"] = len(specs) - len(todo)
+            total_runs = sum(len(plan_tree(s)) for s in todo)
+            bar = tqdm(total=total_runs, unit="run", desc="recording", disable=not show_progress or not todo,
+                       dynamic_ncols=True)
+            epochs_done = 0
 
-            ctx = mp.get_context("spawn")
-            with ctx.Manager() as manager, ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                                              initargs=(TASKS.refs(),)) as pool:
-                queue = manager.Queue()
-                pending = {pool.submit(_record_one, str(out), s, queue) for s in todo}
-                while pending:
-                    done, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
-                    while not queue.empty():
-                        on_progress(*queue.get())
-                    for fut in done:
-                        _, nr, ne = fut.result()
-                        stats["runs"] += nr
-                        stats["epochs"] += ne
-                while not queue.empty():
-                    on_progress(*queue.get())
-    finally:
-        bar.close()
+            def on_progress(kind: str, n: int) -> None:
+                nonlocal epochs_done
+                if kind == "epochs":
+                    epochs_done += n
+                    bar.set_postfix_str(f"{epochs_done} epochs trained", refresh=False)
+                elif n:
+                    bar.update(n)
+
+            try:
+                if workers == 1:
+                    for s in todo:
+                        runs, epochs = record_tree(s, on_progress)
+                        write_tree(out, s, runs, epochs)
+                        on_done(s, runs.num_rows, epochs.num_rows)
+                elif todo:
+                    failed = _record_in_workers(todo, out, workers, retries, on_progress, on_done)
+            finally:
+                bar.close()
+                _remove_stale_temp_files(out)  # those of workers that were stopped mid-write
+                _remove_unfinished(out, [s for s in todo if s not in finished])
+    except RecordingInterrupted as exc:
+        exc.stats = {**stats, "seconds": round(time.perf_counter() - t0, 2)}
+        raise
     stats["seconds"] = round(time.perf_counter() - t0, 2)
+    if failed:
+        raise TreesNotRecorded(failed, stats)
     return stats
 
 

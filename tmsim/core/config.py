@@ -20,6 +20,8 @@ def load_toml_model(path: str | Path, model: type[M], what: str) -> M:
         raise ValueError(f"{path}: {what} not found") from None
     except tomllib.TOMLDecodeError as exc:
         raise ValueError(f"{path}: not valid TOML ({exc})") from None
+    if "path" in data:  # the model's ``path`` is where the file was read from, never a key of the file
+        raise ValueError(f"{path}: field 'path': not allowed in a {what} file (it is set from the file's location)")
     try:
         return model(**data, path=path)
     except ValidationError as exc:

@@ -15,7 +15,6 @@ Example
 """
 from __future__ import annotations
 
-import copy
 import threading
 import time
 from dataclasses import dataclass, replace
@@ -92,7 +91,7 @@ def guarded(decide: Callable[[Snapshot], Any], snap: Snapshot) -> Answer:
     """One call on a private copy of the snapshot (what the policy does to it changes nothing the harness sees),
     its output made plain, its failure (any exception, ``SystemExit`` included) made data."""
     try:
-        return answer(decide(copy.deepcopy(snap)))
+        return answer(decide(snap.private_copy()))
     except BaseException as exc:  # noqa: BLE001 -- SystemExit and KeyboardInterrupt raised by a policy included
         return failure("policy_exception", exc)
 
@@ -136,7 +135,7 @@ def call_policy_batch(policy, snaps: list[Snapshot],
         if fn is not None and len(snaps) > 1:
             t0 = time.perf_counter()
             try:
-                raws = list(fn([copy.deepcopy(s) for s in snaps]))
+                raws = list(fn([s.private_copy() for s in snaps]))
                 if len(raws) == len(snaps):
                     ms = (time.perf_counter() - t0) * 1000 / len(snaps)
                     results.extend((answer(r), ms) for r in raws)

@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-from dataclasses import asdict, dataclass, field, fields
+import copy
+from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 from .hparams import Hyperparams
 
@@ -37,9 +38,9 @@ DIVERGE_RISE = 0.5        # val_loss 50% above its best, or a non-finite loss
 PLATEAU_SLOPE = 0.01      # |slope of log val_loss| under 1% an epoch
 
 
-@dataclass(frozen=True)
-class EpochView:
-    """One epoch as a policy sees it (no test metrics, by construction)."""
+class EpochView(NamedTuple):
+    """One epoch as a policy sees it (no test metrics, by construction). A named tuple: immutable for real, so a
+    policy cannot change the history it is shown."""
 
     epoch: int
     train_loss: float | None = None
@@ -56,14 +57,14 @@ class EpochView:
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "EpochView":
         """Keep only the fields a policy may see; everything else in ``row`` (test metrics included) is dropped."""
-        return cls(**{k: row[k] for k in _VIEW_FIELDS if k in row})
+        return cls(*[row.get(k, d) for k, d in _VIEW_DEFAULTS])
 
 
-_VIEW_FIELDS = tuple(f.name for f in fields(EpochView))
+_VIEW_FIELDS = EpochView._fields
+_VIEW_DEFAULTS = tuple((k, EpochView._field_defaults.get(k)) for k in _VIEW_FIELDS)
 
 
-@dataclass(frozen=True)
-class PastDecision:
+class PastDecision(NamedTuple):
     """A decision this run already took and what followed: ``val_change`` is the relative change of validation
     loss from the decision to the next decision (or to now)."""
 
@@ -72,8 +73,9 @@ class PastDecision:
     val_change: float | None
 
 
-@dataclass(frozen=True)
-class Signals:
+class Signals(NamedTuple):
+    """Signals computed in code from the history (see the module docs); an immutable named tuple."""
+
     gap: float | None
     gap_trend: float | None
     train_slope: float | None
@@ -174,7 +176,18 @@ class Snapshot:
                    compute_signals(hist), tuple(decisions), interventions_left, losses, tuple(offered))
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"run_id": self.run_id, "task": self.task, "epoch": self.epoch, "max_epochs": self.max_epochs,
+                "decide_every": self.decide_every, "hparams": self.hparams.to_dict(),
+                "history": [h._asdict() for h in self.history], "signals": self.signals._asdict(),
+                "decisions": [d._asdict() for d in self.decisions], "interventions_left": self.interventions_left,
+                "losses": self.losses, "offered": list(self.offered)}
+
+    def private_copy(self) -> "Snapshot":
+        """A copy for one policy call: its own ``Snapshot`` and ``Hyperparams`` objects (the history, signals and
+        decisions are immutable tuples and are shared), so nothing a policy does to it reaches the original."""
+        twin = copy.copy(self)
+        object.__setattr__(twin, "hparams", copy.copy(self.hparams))
+        return twin
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"), default=str)

@@ -2,8 +2,8 @@
 
 Plain PyTorch::
 
-    with LiveManager(policy, spec="policies/rules.toml", optimizer=opt, scheduler=sched, model=model,
-                     hparams=Hyperparams(lr=0.1), max_epochs=20, decide_every=5, record_dir="traces-live") as mgr:
+    with LiveManager.from_spec("policies/rules.toml", optimizer=opt, scheduler=sched, model=model,
+                               hparams=Hyperparams(lr=0.1), max_epochs=20, decide_every=5, record_dir="traces-live") as mgr:
         for epoch in range(20):
             for batch in loader:
                 ...; opt.step(); sched.step()
@@ -21,15 +21,20 @@ Hugging Face: ``trainer.add_callback(TMSimCallback(mgr))`` (``tmsim.live.hf``; s
 - **Safety.** The validator of the simulator judges every proposal. An exception or a timeout in the policy leaves
   training unchanged and is logged. The recorder's divergence rule (a non-finite loss, or val loss above 3x the
   initial one) and non-finite parameters stop the run (the guard does not rely on logged losses alone: the HF
-  Trainer filters NaN/inf from its logs by default). A policy without a
-  promotion record that checks is refused unless ``allow_unpromoted=True``, which is written into the trace.
+  Trainer filters NaN/inf from its logs by default).
+- **Promotion.** The manager builds the policy from its spec itself (``LiveManager.from_spec``, or ``policy=None``
+  with ``spec=``) after the spec's promotion record checks (``tmsim.evaluate.promote.check_record``). A policy
+  object passed together with a spec runs as promoted only if ``make_policy`` built that very object from that
+  spec (``tmsim.policies.kinds.built_from``); any other object, or a policy without a record that checks, is
+  refused unless ``allow_unpromoted=True``, which is written into the trace.
 - **Knobs.** LR and weight decay on the optimizer's param groups. LR is scheduler-aware: ``LambdaLR`` and friends
   recompute each group's LR from ``base_lrs`` every step, so the hook scales ``base_lrs`` (and ``initial_lr``) by
   the same factor. Weight decay only touches decay groups (groups holding matrices; HF's bias/norm group stays at
   0). Dropout on every ``nn.Dropout`` and every module's ``attention_dropout``. Loss weights through a setter you
   register. Stop through ``should_stop`` (and ``control.should_training_stop`` in the callback).
 - **Recording.** ``close()`` writes ``runs``, ``epochs`` and ``decisions`` (with latency and staleness) in trace
-  format v1 under ``record_dir``, so ``tmsim query`` sees live runs beside recorded ones.
+  format v1 under ``record_dir``, so ``tmsim query`` sees live runs beside recorded ones. A non-finite metric is
+  written as null (the ``diverged`` column says what happened), so the trace stays readable.
 """
 from __future__ import annotations
 
@@ -45,7 +50,8 @@ from typing import Any, Callable
 import pyarrow as pa
 
 from ..core.actions import Bounds, PolicyFailure, ValidatedAction, validate
-from ..core.decision import RunInfo, build_snapshot, call_policy, decision_row
+from ..core.names import safe_filename, safe_name
+from ..core.decision import RunInfo, build_snapshot, call_policy_batch, decision_row
 from ..core.hparams import Hyperparams
 from ..core.outcome import is_diverged
 from ..core.snapshot import Snapshot
@@ -59,9 +65,10 @@ class NotPromotedError(PermissionError):
 
 
 class LiveManager:
-    """See the module documentation. ``spec`` (a path or ``PolicySpec``) is needed for the promotion check."""
+    """See the module documentation. ``spec`` (a path or ``PolicySpec``) is needed for the promotion check; with
+    ``policy=None`` the manager builds the policy from ``spec`` (``from_spec`` says the same in one call)."""
 
-    def __init__(self, policy, *, hparams: Hyperparams, max_epochs: int, decide_every: int = 1,
+    def __init__(self, policy=None, *, hparams: Hyperparams, max_epochs: int, decide_every: int = 1,
                  optimizer=None, scheduler=None, model=None, loss_weight_setter: Callable[[float], None] | None = None,
                  spec=None, promotions: str | Path | None = None, allow_unpromoted: bool = False,
                  bounds: Bounds | None = None, mode: str = "async", stale_steps: int = 100, timeout: float = 30.0,
@@ -69,7 +76,8 @@ class LiveManager:
                  record_dir: str | Path | None = None, n_losses: int | None = None):
         if mode not in ("async", "sync"):
             raise ValueError("mode must be 'async' or 'sync'")
-        self.policy, self.mode = policy, mode
+        safe_name(task, "task")  # the task names the trace's partition directory
+        self.mode = mode
         self.hparams = self.hp_init = hparams
         self.max_epochs, self.decide_every = max_epochs, decide_every
         self.optimizer, self.scheduler, self.model = optimizer, scheduler, model
@@ -79,7 +87,7 @@ class LiveManager:
         self.run_id = run_id or f"live:{task}:{uuid.uuid4().hex[:8]}"
         self.record_dir = Path(record_dir) if record_dir else None
         self.n_losses = n_losses or (2 if hparams.aux_loss_weight is not None else 1)
-        self.promotion, promoted_bounds = self._check_promotion(spec, promotions, allow_unpromoted)
+        self.policy, self.promotion, promoted_bounds = self._check_promotion(policy, spec, promotions, allow_unpromoted)
         # a promoted policy runs under the bounds of the suite it was judged on, unless the caller sets them
         self.bounds = bounds or promoted_bounds or Bounds()
         self.step = 0
@@ -92,27 +100,54 @@ class LiveManager:
         self._pending: dict | None = None  # the decision in flight (async)
         self._closed = False
 
-    # --- promotion ----------------------------------------------------------------------------------------------
-    def _check_promotion(self, spec, promotions, allow_unpromoted: bool) -> tuple[str, Bounds | None]:
-        # only the record checker: the simulator, leaderboard, DuckDB and scikit-learn stay out of a training process
-        from ..evaluate.promote import check_record, promoted_bounds
+    @classmethod
+    def from_spec(cls, spec, *, promotions: str | Path | None = None, **run_options) -> "LiveManager":
+        """The manager for the policy ``spec`` describes, built by the manager itself after the spec's promotion
+        record checks. ``spec`` is a path or a ``PolicySpec``; ``run_options`` are the constructor's other keyword
+        arguments.
 
-        problems = []
+        >>> from tmsim.core import Hyperparams
+        >>> mgr = LiveManager.from_spec("policies/rules.toml", hparams=Hyperparams(lr=0.1), max_epochs=4)  # doctest: +SKIP
+        >>> mgr.promotion  # doctest: +SKIP
+        'promoted (rules)'
+        """
+        return cls(None, spec=spec, promotions=promotions, **run_options)
+
+    # --- promotion ----------------------------------------------------------------------------------------------
+    def _check_promotion(self, policy, spec, promotions, allow_unpromoted: bool):
+        """(policy, promotion string, bounds of the promoted suite or None); raises ``NotPromotedError``."""
+        # only the record checker: the simulator, leaderboard, DuckDB and scikit-learn stay out of a training process
+        from ..evaluate.promote import verify_record
+        from ..policies.kinds import built_from, make_policy
+
+        problems: list[str] = []
         if spec is not None:
             from ..policies.spec import PolicySpec, load_spec
 
             spec = spec if isinstance(spec, PolicySpec) else load_spec(spec)
             prom = Path(promotions) if promotions else Path(__file__).resolve().parents[2] / "eval" / "promotions"
-            ok, problems = check_record(spec, prom)
-            if ok:
-                return f"promoted ({spec.name})", promoted_bounds(spec, prom)
+            res = verify_record(spec, prom)
+            for n in res.notes:
+                log.warning("tmsim live: %s", n)
+            problems = list(res.problems)
+            if policy is not None and not built_from(policy, spec):
+                problems.append(f"the policy object ({type(policy).__name__}) was not built from {spec.path or spec.name} "
+                                "by make_policy; pass the spec alone (LiveManager.from_spec) to run what was promoted")
+            if res.ok and not problems:
+                # built only now, after its code and files were checked against the record
+                return (policy if policy is not None else make_policy(spec), f"promoted ({spec.name})",
+                        Bounds(**res.record["bounds"]))
         else:
+            if policy is None:
+                raise ValueError("LiveManager needs a policy spec (spec=...), or a policy object with allow_unpromoted=True")
             problems = ["no policy spec given, so no promotion record can be checked"]
         if not allow_unpromoted:
             raise NotPromotedError("refusing an unpromoted policy: " + "; ".join(problems)
                                    + " (run `tmsim promote`, or pass allow_unpromoted=True to override, which is recorded)")
         log.warning("tmsim live: RUNNING AN UNPROMOTED POLICY (allow_unpromoted=True): %s", "; ".join(problems))
-        return "UNPROMOTED (allow_unpromoted=True): " + "; ".join(problems), None
+        if policy is None:
+            policy = make_policy(spec)
+        return policy, "UNPROMOTED (allow_unpromoted=True): " + "; ".join(problems), None
 
     # --- the hooks ----------------------------------------------------------------------------------------------
     def on_step_end(self) -> None:
@@ -138,7 +173,7 @@ class LiveManager:
         if 0 < self.epoch < self.max_epochs and self.epoch % self.decide_every == 0 and not self.should_stop:
             snap = self._snapshot()
             if self.mode == "sync":
-                out, ms = call_policy(self.policy.decide, snap, self.timeout)
+                (out,), (ms,) = call_policy_batch(self.policy, [snap], self.timeout)
                 self._finish(snap, out, ms, submitted=self.step)
             elif self._pending is not None:
                 self._log(snap, PolicyFailure("timeout", "previous decision still running"), 0.0, "continue", None,
@@ -171,7 +206,7 @@ class LiveManager:
         self._pending = ticket
 
         def work():
-            out, ms = call_policy(self.policy.decide, snap, self.timeout)
+            (out,), (ms,) = call_policy_batch(self.policy, [snap], self.timeout)
             self._results.put((ticket, out, ms))
 
         threading.Thread(target=work, daemon=True, name="tmsim-live-policy").start()
@@ -193,7 +228,7 @@ class LiveManager:
             log.warning("tmsim live: decision for epoch %d arrived %d steps late (> %d): dropped", snap.epoch, stale, self.stale_steps)
             self._log(snap, out, ms, "continue", None, violations + ["stale"], "fallback", stale)
             return
-        if isinstance(out, PolicyFailure):
+        if isinstance(getattr(out, "value", out), PolicyFailure):
             log.warning("tmsim live: policy failed at epoch %d (%s): training unchanged", snap.epoch, out)
         self._apply(act)
         self._log(snap, out, ms, act.action, act, violations, act.source, stale)
@@ -289,11 +324,11 @@ class LiveManager:
         for h in self.history:
             rows.append(dict(run_id=self.run_id, task=self.task, epoch=h["epoch"], lr=h["lr"], weight_decay=h["weight_decay"],
                              dropout=h["dropout"], aux_loss_weight=h["aux_loss_weight"], train_loss=_finite(h["train_loss"]),
-                             val_loss=_finite(h["val_loss"]), train_acc=h["train_acc"], val_acc=h["val_acc"],
+                             val_loss=_finite(h["val_loss"]), train_acc=_finite(h["train_acc"]), val_acc=_finite(h["val_acc"]),
                              grad_norm=_finite(h["grad_norm"]), update_ratio=_finite(h["update_ratio"]),
                              wall_time_s=(h["wall"] - prev) if prev else None, diverged=h["diverged"], source="live"))
             prev = h["wall"]
-        stem = self.run_id.replace(":", "_")
+        stem = safe_filename(self.run_id)
         write_table(pa.Table.from_pylist(rows, schema=EPOCHS), out / "epochs" / f"task={self.task}" / f"{stem}.parquet", "epochs")
         write_table(pa.Table.from_pylist(self.decision_rows, schema=DECISIONS),
                     out / "decisions" / f"task={self.task}" / f"{stem}.parquet", "decisions")

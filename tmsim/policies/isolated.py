@@ -8,9 +8,11 @@ or a ``PolicyFailure``, and capped audit text, made inside that process); valida
 harness's process, where the policy's code never runs.
 
 - An exception of any kind inside ``decide`` (``SystemExit`` included) is a ``policy_exception`` for that decision.
-- A decision not answered in time is a ``timeout``; the process is then killed and the policy is *failed*: every
-  later decision falls back, and the command that scores it exits non-zero.
-- A process that dies (``os._exit``, a crash, the memory limit) fails the policy the same way.
+- A decision not answered in time is a ``timeout`` (the late answer is dropped when it comes). After
+  ``MAX_TIMEOUTS`` unanswered batches in a row the process is stopped and the policy is *failed*: every later
+  decision falls back, and the command that scores it exits non-zero after writing its output.
+- A process that exits or dies (``os._exit``, a crash) fails the policy the same way. An allocation beyond the
+  memory limit raises ``MemoryError`` inside the policy: a ``policy_exception`` for that decision.
 
 Example
 -------
@@ -32,10 +34,15 @@ from ..core.snapshot import Snapshot
 MEMORY_MB = 4096
 #: Seconds a policy process may take to start (import its module, build the policy).
 START_TIMEOUT = 120.0
+#: Batches in a row without an answer after which the policy is failed (its process is stopped).
+MAX_TIMEOUTS = 5
 
 
-def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int) -> None:
-    """The policy process: build the policy, then answer batches of snapshots until told to stop."""
+def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int, kind_refs: dict[str, str]) -> None:
+    """The policy process: build the policy, then answer batches of snapshots until told to stop. Each batch is
+    answered in its own thread (tagged with its request id), so one slow call does not hold up the next."""
+    import threading
+
     try:
         import resource
 
@@ -45,15 +52,32 @@ def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int) -> No
         pass
     try:
         from ..traces.format import load_library
-        from .kinds import make_policy
+        from .kinds import KINDS, make_policy
         from .spec import PolicySpec
+
+        for name, ref in kind_refs.items():  # kinds the harness registered in code
+            KINDS.register(name, ref, overwrite=True)
 
         spec = PolicySpec.model_validate_json(spec_json)
         library = load_library(library_root) if library_root else None
         policy = make_policy(spec, library, isolate=False)
-    except BaseException as exc:  # noqa: BLE001 -- reported to the harness, which fails the policy
+    except BaseException as exc:  # noqa: BLE001 -- reported to the harness, which refuses the policy
         conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))
         return
+    send_lock = threading.Lock()
+
+    def answer_batch(req: int, snaps: list) -> None:
+        out = []
+        for snap in snaps:
+            t0 = time.perf_counter()
+            ans = guarded(policy.decide, snap)
+            out.append((ans, (time.perf_counter() - t0) * 1000))
+        try:
+            with send_lock:
+                conn.send(("answers", req, out))
+        except (OSError, ValueError):
+            pass
+
     conn.send(("ready", None))
     while True:
         try:
@@ -62,12 +86,7 @@ def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int) -> No
             return
         if msg is None:
             return
-        out = []
-        for snap in msg:
-            t0 = time.perf_counter()
-            ans = guarded(policy.decide, snap)
-            out.append((ans, (time.perf_counter() - t0) * 1000))
-        conn.send(("answers", out))
+        threading.Thread(target=answer_batch, args=msg, daemon=True, name="tmsim-policy-batch").start()
 
 
 class IsolatedPolicy:
@@ -79,58 +98,98 @@ class IsolatedPolicy:
         self._library_root = str(library_root) if library_root is not None else None
         self._memory_mb = memory_mb or int(os.environ.get("TMSIM_POLICY_MEMORY_MB", MEMORY_MB))
         self._proc = self._conn = None
-        self.failed: str | None = None
+        self._failed: str | None = None
+        self._asked = self._answered = 0
+        self._req = 0
+        self._timeouts = 0  # consecutive unanswered batches
+        self._where = str(spec.path or spec.name)
+        if not self._start():  # built at once, so a spec whose policy cannot be built is a clear error up front
+            raise ValueError(f"{self._where}: {self._failed}")
 
     def _start(self) -> bool:
         import multiprocessing as mp
 
         ctx = mp.get_context("spawn")
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(child, self._spec_json, self._library_root, self._memory_mb),
+        from .kinds import KINDS
+
+        self._proc = ctx.Process(target=_serve, args=(child, self._spec_json, self._library_root, self._memory_mb,
+                                                      KINDS.refs()),
                                  daemon=True, name=f"tmsim-policy-{self.policy_id}")
         self._proc.start()
         child.close()
         reply = self._recv(START_TIMEOUT)
         if reply is None or reply[0] != "ready":
-            why = reply[1] if reply else self.failed or "did not start"
+            why = reply[1] if reply else self._failed or f"no answer within {START_TIMEOUT:.3g} s"
             self._fail(f"the policy could not be built in its process: {why}")
             return False
         return True
 
-    def _recv(self, timeout: float) -> Any:
+    def _recv(self, timeout: float, req: int | None = None) -> Any:
+        """The next reply (for request ``req``: earlier, late replies are dropped), or None after ``timeout``."""
+        deadline = time.perf_counter() + timeout
         try:
-            if self._conn.poll(timeout):
-                return self._conn.recv()
-            self._fail(f"no answer within {timeout:.3g} s")
+            while True:
+                left = deadline - time.perf_counter()
+                if left <= 0 or not self._conn.poll(left):
+                    return None
+                reply = self._conn.recv()
+                if req is None or (isinstance(reply, tuple) and len(reply) == 3 and reply[1] == req):
+                    return reply
         except (EOFError, OSError, ConnectionError):
-            self._proc.join(1)
-            self._fail(f"the policy process exited (exit code {self._proc.exitcode})")
+            code = None
+            if self._proc is not None:
+                self._proc.join(1)
+                code = self._proc.exitcode
+            self._fail(f"the policy process exited (exit code {code})")
         except BaseException as exc:  # noqa: BLE001 -- an answer that cannot be unpickled
             self._fail(f"unreadable answer from the policy process ({type(exc).__name__})")
         return None
 
     def _fail(self, why: str) -> None:
-        self.failed = self.failed or why
+        self._failed = self._failed or why
         self.close()
 
     def call_batch(self, snaps: list[Snapshot], timeout: float = DEFAULT_TIMEOUT) -> tuple[list[Answer], list[float]]:
-        """Answers for ``snaps`` (``timeout`` seconds per decision); a failed policy answers with failures."""
+        """Answers for ``snaps`` (``timeout`` seconds per decision). A batch not answered in time is a timeout
+        for each of its decisions; after ``MAX_TIMEOUTS`` such batches in a row, or when the process is gone, the
+        policy is failed and answers with failures from then on."""
         t0 = time.perf_counter()
-        if self.failed is None and (self._proc is not None or self._start()):
+        limit = timeout * max(len(snaps), 1)
+        kind, detail = "policy_exception", None
+        if self._failed is None and self._proc is None:
+            self._failed = "the policy process was stopped"
+        if self._failed is None:
+            self._req += 1
             try:
-                self._conn.send(list(snaps))
-                reply = self._recv(timeout * max(len(snaps), 1))
+                self._conn.send((self._req, list(snaps)))
+                reply = self._recv(limit, self._req)
             except (OSError, ValueError, ConnectionError):
-                self._fail(f"the policy process exited (exit code {self._proc.exitcode})")
+                self._fail(f"the policy process exited (exit code {self._proc.exitcode if self._proc else None})")
                 reply = None
-            if reply is not None and reply[0] == "answers" and len(reply[1]) == len(snaps) \
-                    and all(isinstance(a, Answer) for a, _ in reply[1]):
-                return [a for a, _ in reply[1]], [float(m) for _, m in reply[1]]
+            self._asked += 1
+            if reply is not None and reply[0] == "answers" and len(reply[2]) == len(snaps) \
+                    and all(isinstance(a, Answer) for a, _ in reply[2]):
+                self._timeouts = 0
+                self._answered += 1
+                return [a for a, _ in reply[2]], [float(m) for _, m in reply[2]]
             if reply is not None:
                 self._fail("malformed answer from the policy process")
-        kind = "timeout" if self.failed and self.failed.startswith("no answer") else "policy_exception"
+            elif self._failed is None:
+                self._timeouts += 1
+                kind, detail = "timeout", f"no answer within {timeout:.3g} s per decision"
+                if self._timeouts >= MAX_TIMEOUTS:
+                    self._fail(f"no answer within {timeout:.3g} s per decision, {MAX_TIMEOUTS} times in a row")
         ms = (time.perf_counter() - t0) * 1000 / max(len(snaps), 1)
-        return [failure(kind, detail=self.failed or "failed") for _ in snaps], [ms] * len(snaps)
+        return [failure(kind, detail=detail or self._failed or "failed") for _ in snaps], [ms] * len(snaps)
+
+    @property
+    def failed(self) -> str | None:
+        """Why the policy could not be scored: its process exited or stopped answering, or it never answered in
+        time; None while it answers."""
+        if self._failed is None and self._asked and not self._answered:
+            return "no decision was answered in time"
+        return self._failed
 
     def decide(self, snapshot: Snapshot) -> Any:
         """One decision (an ``Answer``); the harness normally calls ``call_batch``."""
@@ -151,8 +210,6 @@ class IsolatedPolicy:
             if proc.is_alive():
                 proc.kill()
                 proc.join(5)
-        if self.failed is None and proc is not None:
-            self._proc = None
 
     def __del__(self) -> None:
         try:

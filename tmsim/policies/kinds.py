@@ -14,7 +14,7 @@ True
 """
 from __future__ import annotations
 
-from pathlib import Path
+import weakref
 from typing import Any
 
 from .._registry import Registry, import_target
@@ -42,14 +42,29 @@ def kind_names() -> list[str]:
     return KINDS.names() + ["python"]
 
 
-def make_policy(spec: PolicySpec, library=None) -> Policy:
+#: The kinds tmsim ships; any other kind (``python``, plugins) is untrusted code and runs in its own process.
+BUILTIN_KINDS = frozenset({"constant", "rules", "plateau", "random", "sequence", "oracle", "qwen"})
+
+
+def make_policy(spec: PolicySpec, library=None, isolate: bool | None = None) -> Policy:
     """Instantiate the policy a spec describes. ``library`` (a ``TreeIndex`` or a ``Library``) is given to factories
-    that declare ``needs_library`` (the oracle)."""
+    that declare ``needs_library`` (the oracle). ``isolate`` (default: for every kind tmsim does not ship) builds the
+    policy in its own process instead (``tmsim.policies.isolated.IsolatedPolicy``)."""
+    if isolate is None:
+        isolate = spec.kind not in BUILTIN_KINDS
+    if isolate:
+        from .isolated import IsolatedPolicy
+
+        root = getattr(library, "library", library)  # a TreeIndex's Library, or the Library itself
+        iso = IsolatedPolicy(spec, getattr(root, "root", None))
+        _remember(iso, spec)
+        return iso
     factory = import_target(spec.target, "target") if spec.kind == "python" else KINDS.resolve(spec.kind)
     s = dict(spec.settings)
     for key in getattr(factory, "path_settings", ()):
         if isinstance(s.get(key), str):
-            s[key] = _resolve_path(s[key], spec.path)
+            found = spec.resolve_path(s[key])
+            s[key] = str(found) if found is not None else s[key]
     where = spec.path or spec.name
     if getattr(factory, "needs_library", False):
         if library is None:
@@ -65,15 +80,39 @@ def make_policy(spec: PolicySpec, library=None) -> Policy:
     pol.version = spec.version
     if not isinstance(pol, Policy):
         raise ValueError(f"{where}: {type(pol).__name__} has no decide(snapshot) method")
+    _remember(pol, spec)
     return pol
 
 
-def _resolve_path(value: str, spec_path: Path | None) -> str:
-    """A model or adapter path as written in a spec: as given if it exists, else relative to the spec's directory
-    or to its parent (the repository root for specs in ``policies/``); otherwise unchanged (a hub id)."""
-    if Path(value).exists() or spec_path is None:
-        return value
-    for base in (spec_path.parent, spec_path.parent.parent):
-        if (base / value).exists():
-            return str(base / value)
-    return value
+# Which spec built which policy object: the live hook runs a policy object under a spec's promotion only if
+# ``make_policy`` built that very object from that spec (``built_from``). Keyed by ``id``; the stored reference
+# (weak where the object allows it) guards against a reused id.
+_BUILT: dict[int, tuple[Any, tuple]] = {}
+
+
+def _spec_key(spec: PolicySpec) -> tuple:
+    return (spec.name, spec.kind, spec.version, spec.digest(), str(spec.path.resolve()) if spec.path else None)
+
+
+def _remember(pol: Policy, spec: PolicySpec) -> None:
+    key = id(pol)
+    try:
+        ref: Any = weakref.ref(pol, lambda _r, k=key: _BUILT.pop(k, None))
+    except TypeError:  # no __weakref__ slot: keep a strong reference (the object then lives as long as the process)
+        ref = lambda p=pol: p  # noqa: E731
+    _BUILT[key] = (ref, _spec_key(spec))
+
+
+def built_from(policy: Any, spec: PolicySpec) -> bool:
+    """Whether ``policy`` is an object that ``make_policy(spec)`` built from this spec (the same file content,
+    name, kind and version). Setting ``policy_id`` on another object does not make it one.
+
+    >>> from tmsim.policies import PolicySpec, RulesPolicy, make_policy
+    >>> spec = PolicySpec(name="careful", kind="rules")
+    >>> built_from(make_policy(spec), spec), built_from(RulesPolicy(), spec)
+    (True, False)
+    """
+    entry = _BUILT.get(id(policy))
+    if entry is None or entry[0]() is not policy:
+        return False
+    return entry[1] == _spec_key(spec)

@@ -9,6 +9,9 @@ A spec names a kind and its settings::
     gap_threshold = 0.5
 
 ``kind = "python"`` loads ``target = "package.module:Factory"`` and calls ``Factory(**settings)``.
+
+``name`` becomes a file name (the promotion record ``eval/promotions/NAME.json``, audit files), so it must be a
+safe single path component (``tmsim.core.names.safe_name``): ``name = "../escaped"`` is a field error.
 """
 from __future__ import annotations
 
@@ -16,9 +19,10 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ..core.config import load_toml_model
+from ..core.names import safe_name
 
 
 class PolicySpec(BaseModel):
@@ -32,6 +36,26 @@ class PolicySpec(BaseModel):
     target: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
     path: Path | None = None
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        return safe_name(v, "policy name")
+
+    def resolve_path(self, value: str) -> Path | None:
+        """The file or directory a path-valued setting names, or None when it names none (a hub id).
+
+        Looked up relative to the spec's directory, then its parent (the repository root for specs in
+        ``policies/``), then as given; an absolute path as it is. The spec's own location comes first, so the
+        same spec names the same files from any working directory."""
+        p = Path(value)
+        if p.is_absolute():
+            return p if p.exists() else None
+        bases = [self.path.parent, self.path.parent.parent] if self.path is not None else []
+        for cand in [b / p for b in bases] + [p]:
+            if cand.exists():
+                return cand
+        return None
 
     def digest(self) -> str:
         """SHA-256 of the spec file's bytes (or of the spec's JSON when it has no file)."""

@@ -14,12 +14,15 @@ residual quantiles per horizon (folds grouped by tree, so the band is calibrated
 ``exp(pred + q90)`` times the current loss.
 
 Saving uses skops (``.skops``), and loading passes an explicit list of trusted types: a file holding any other
-type, or one that is not a skops archive, is refused with a clear error and nothing in it is executed.
+type, or one that is not a skops archive, is refused with a clear error and nothing in it is executed. Beside each
+saved file a small JSON sidecar holds its sha256 (and, in the cache, its identity): ``surrogate_for`` uses a cached
+file only when it matches, so a file swapped into the cache is refitted, not used.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -218,6 +221,8 @@ class Surrogate:
         self.base = self.effect = self.clf = None
         self.q = None  # (max_k + 1, 2): residual quantiles of dlog_val per horizon
         self.info: dict = {}
+        self.sha256: str | None = None  # the digest of the file this surrogate was saved to or loaded from
+        self.identity: str | None = None  # ``surrogate_id`` when it came from ``surrogate_for``
 
     def _models(self):
         from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
@@ -294,7 +299,10 @@ class Surrogate:
         return proba[:, list(self.clf.classes_).index(True)] if True in self.clf.classes_ else np.zeros(len(Xs))
 
     # --- safe persistence ---------------------------------------------------------------------------------------
-    def save(self, path: str | Path) -> Path:
+    def save(self, path: str | Path, identity: str | None = None) -> Path:
+        """Write the surrogate to ``path`` atomically (a temporary file beside it, then a rename; the temporary file
+        is removed on any failure, a full disk included), and beside it ``PATH.json`` with the file's sha256 (and
+        ``identity``, see ``surrogate_id``). ``self.sha256`` is set to the digest of the written file."""
         import skops.io as sio
 
         path = Path(path)
@@ -302,28 +310,42 @@ class Surrogate:
         state = {"format": "tmsim-surrogate-1", "params": json.dumps(self.params), "info": json.dumps(self.info),
                  "features": json.dumps(FEATURES), "targets": json.dumps(TARGETS),
                  "base": self.base, "effect": self.effect, "clf": self.clf, "q": self.q}
-        tmp = path.with_name(f".{path.name}.tmp")
-        sio.dump(state, tmp)
-        tmp.replace(path)
+        data = sio.dumps(state)
+        digest = hashlib.sha256(data).hexdigest()
+        _write_atomic(path, data)
+        _write_atomic(digest_path(path), (json.dumps({"format": DIGEST_FORMAT, "file": path.name, "sha256": digest,
+                                                      "identity": identity}, indent=2) + "\n").encode())
+        self.sha256 = digest
         return path
 
     @classmethod
     def load(cls, path: str | Path) -> "Surrogate":
-        """Load a saved surrogate, trusting only the types a surrogate is made of."""
+        """Load a saved surrogate, trusting only the types a surrogate is made of. ``sha256`` of the result is the
+        digest of the bytes it was loaded from."""
+        path = Path(path)
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SurrogateError(f"{path}: surrogate file not found (run `tmsim surrogate fit`)") from None
+        except OSError as exc:
+            raise SurrogateError(f"{path}: cannot be read ({exc})") from None
+        return cls.from_bytes(data, str(path))
+
+    @classmethod
+    def from_bytes(cls, data: bytes, where: str = "surrogate") -> "Surrogate":
+        """``load`` from the file's bytes (read once, so the bytes hashed are the bytes loaded)."""
         import skops.io as sio
 
-        path = Path(path)
-        if not path.exists():
-            raise SurrogateError(f"{path}: surrogate file not found (run `tmsim surrogate fit`)")
+        path = where
         try:
-            found = set(sio.get_untrusted_types(file=path))
+            found = set(sio.get_untrusted_types(data=data))
         except Exception as exc:
             raise SurrogateError(f"{path}: not a readable surrogate file ({type(exc).__name__}: {exc})") from None
         untrusted = sorted(t for t in found if t not in TRUSTED_TYPES)
         if untrusted:
             raise SurrogateError(f"{path}: refuses to load unexpected type(s) {untrusted}")
         try:
-            state = sio.load(path, trusted=sorted(found))
+            state = sio.loads(data, trusted=sorted(found))
         except Exception as exc:
             raise SurrogateError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
         from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
@@ -340,10 +362,38 @@ class Surrogate:
         s = cls(**json.loads(state["params"]))
         s.base, s.effect, s.clf = (_serial(state[k]) for k in ("base", "effect", "clf"))
         s.q, s.info = np.asarray(state["q"]), json.loads(state["info"])
+        s.sha256 = hashlib.sha256(data).hexdigest()
         return s
 
     def digest(self, path: str | Path) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+DIGEST_FORMAT = "tmsim-surrogate-digest-1"
+
+
+def digest_path(path: str | Path) -> Path:
+    """The sidecar ``PATH.json`` that ``Surrogate.save`` writes beside a surrogate file: its sha256 and identity."""
+    path = Path(path)
+    return path.with_name(path.name + ".json")
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """``data`` to ``path`` through a temporary file that is this process's own (another process writing the same
+    cache never touches it) and that is removed on any failure."""
+    import os
+    import uuid
+
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 #: The only types a surrogate file may contain (checked before anything is loaded).
@@ -370,19 +420,54 @@ def surrogate_id(library_hash: str, params: dict) -> str:
 
 def surrogate_for(index, library_hash: str, cache_dir: str | Path, n_estimators: int = 80, seed: int = 0,
                   log=None) -> tuple[Surrogate, str, Path]:
-    """The surrogate for a library: loaded from ``cache_dir`` when one with the same identity is there, else
-    fitted on every recorded segment and saved there."""
+    """``(surrogate, sha256, path)`` for a library: loaded from ``cache_dir`` when a file with the same identity is
+    there and matches the digest written beside it at save time, else fitted on every recorded segment and saved
+    there. ``sha256`` is the digest of the file actually used (what a promotion record stores); the surrogate's
+    ``identity`` attribute holds ``surrogate_id``. A cached file that does not match its digest (swapped or
+    damaged) is refitted with a warning (``log``, or the ``tmsim.surrogate`` logger when ``log`` is None)."""
     params = dict(n_estimators=n_estimators, min_samples_leaf=5, max_samples=0.5, seed=seed)
     sid = surrogate_id(library_hash, params)
     path = Path(cache_dir) / f"{sid[:16]}.skops"
+
+    def warn(msg: str) -> None:
+        if log:
+            log(f"warning: {msg}")
+        else:
+            logging.getLogger("tmsim.surrogate").warning("tmsim: warning: %s", msg)
+
     if path.exists():
         try:
-            return Surrogate.load(path), sid, path
-        except SurrogateError as exc:
-            if log:
-                log(f"{exc}; refitting")
+            data = path.read_bytes()
+            problem = _cache_problem(path, data, sid)
+            if problem:
+                warn(f"{problem}; refitting")
+            else:
+                sur = Surrogate.from_bytes(data, str(path))
+                sur.identity = sid
+                return sur, sur.sha256, path
+        except (SurrogateError, OSError) as exc:
+            warn(f"{exc}; refitting")
     if log:
         log(f"fitting the surrogate on the library (cached as {path})")
     sur = Surrogate(**params).fit(segment_data(index))
-    sur.save(path)
-    return sur, sid, path
+    sur.save(path, identity=sid)
+    sur.identity = sid
+    return sur, sur.sha256, path
+
+
+def _cache_problem(path: Path, data: bytes, sid: str) -> str | None:
+    """Why a cached surrogate file cannot be trusted as the one saved under identity ``sid`` (None: it can)."""
+    side = digest_path(path)
+    try:
+        meta = json.loads(side.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return f"{path}: no digest file {side.name} beside it (it was not written by tmsim)"
+    except (OSError, ValueError) as exc:
+        return f"{side}: not a readable digest file ({exc})"
+    if not isinstance(meta, dict) or meta.get("format") != DIGEST_FORMAT:
+        return f"{side}: field 'format' is not {DIGEST_FORMAT!r}"
+    if meta.get("identity") != sid:
+        return f"{side}: field 'identity' does not match the surrogate this library and settings need"
+    if meta.get("sha256") != hashlib.sha256(data).hexdigest():
+        return f"{path}: its sha256 does not match field 'sha256' of {side.name} (the file was changed after saving)"
+    return None

@@ -2,6 +2,11 @@
 (epoch, action), ancestry chains and descendants. The simulator, the oracle, ``tmsim policy check``, the surrogate's
 training data and fidelity all read trees through it, so a leaderboard run builds it once.
 
+It trusts what ``load_library`` returns: every run there is reachable from a root and holds its epochs (the reader
+skips, and reports, whatever is not). ``roots`` lists only recorded trees (``source = 'recorded'``): a live run
+written by the live hook into the same library is indexed and can be looked up, but it is not a starting point to
+score policies from unless ``include_live=True``.
+
 Example
 -------
 >>> from tmsim.traces import TreeIndex, load_library
@@ -20,20 +25,28 @@ from ..core.outcome import final_val_loss
 from ..core.snapshot import EpochView
 from .format import Library
 
-ROW_FIELDS = list(EpochView.__dataclass_fields__) + ["diverged"]
+ROW_FIELDS = list(EpochView._fields) + ["diverged"]
 
 
 class TreeIndex:
     """The library's trees in memory (see the module docs). ``meta[run_id]`` holds the ``runs`` row plus ``hp_init``
-    and ``n_losses``; ``index[run_id]`` is {epoch: row} of the run's full history."""
+    and ``n_losses``; ``index[run_id]`` is {epoch: row} of the run's full history.
 
-    def __init__(self, library: Library):
+    Parameters
+    ----------
+    library : Library
+        As returned by ``load_library``.
+    include_live : bool, default False
+        Also list roots whose ``source`` is not ``recorded`` (live runs) in ``roots``.
+    """
+
+    def __init__(self, library: Library, include_live: bool = False):
         from .query import TraceDB
 
         self.library = library
         with TraceDB(library) as db:
             runs = db.sql("""select run_id, parent_run_id, root_run_id, task, scenario, seed, branch_epoch, branch_action,
-                                    status, end_epoch, max_epochs, decide_every, init_lr, init_weight_decay,
+                                    status, end_epoch, max_epochs, decide_every, source, init_lr, init_weight_decay,
                                     init_dropout, init_aux_loss_weight from runs""").to_pylist()
             own = db.sql(f"select run_id, {', '.join(ROW_FIELDS)}, wall_time_s from epochs order by run_id, epoch")
         self.meta: dict[str, dict] = {}
@@ -48,7 +61,9 @@ class TreeIndex:
         for row in own.to_pylist():
             self.own[row.pop("run_id")][row["epoch"]] = row
         self._lineage: dict[str, dict[int, dict]] = {}
-        self.roots = sorted(r for r, m in self.meta.items() if m["parent_run_id"] is None)
+        self.include_live = include_live
+        self.roots = sorted(r for r, m in self.meta.items()
+                            if m["parent_run_id"] is None and (include_live or m["source"] == "recorded"))
 
     def __getitem__(self, rid: str) -> dict[int, dict]:
         """{epoch: row} of the run's full history (ancestors up to each branch epoch, then its own epochs)."""
