@@ -130,7 +130,7 @@ def test_decision_points_cover_the_tree(small_library):
     branch = [s for s in snaps if s.run_id == "digits-mlp:healthy:s0+e5:lr_down"]
     assert [s.epoch for s in branch] == [10, 15]
     assert branch[0].decisions == (PastDecision(5, "lr_down", branch[0].decisions[0].val_change),)
-    assert branch[0].hparams.lr == pytest.approx(0.025)
+    assert branch[0].hparams.lr == pytest.approx(root[0].hparams.lr / 2)  # the seed's own draw, halved
     assert all(s.offered and s.offered[0] == "continue" for s in snaps)
     text = branch[0].to_text()
     assert "epoch 10/20" in text and "past decisions: epoch 5 lr_down" in text and "allowed actions:" in text

@@ -36,7 +36,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
 
     tasks = args.task.split(",")
     scenarios = None if args.scenario in (None, "all") else args.scenario.split(",")
-    specs = specs_from_args(tasks, scenarios, parse_seeds(args.seeds), args.depth, args.decide_every, args.budget)
+    specs = specs_from_args(tasks, scenarios, parse_seeds(args.seeds), args.depth, args.decide_every, args.budget,
+                            args.replicates)
     try:
         stats = record(specs, args.out, workers=args.workers, overwrite=args.overwrite, show_progress=not args.quiet)
     except RecorderBusy as exc:
@@ -357,6 +358,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--decide-every", type=int, default=None, help="epochs between decisions (default: the scenario's)")
     r.add_argument("--depth", type=int, default=3, help="decision points branched per run (0: the root only)")
     r.add_argument("--budget", type=int, default=None, help="at most this many runs per tree (sampled; do-nothing always kept)")
+    r.add_argument("--replicates", type=int, default=1,
+                   help="record each tree this many times, differing only in post-fork noise (default 1)")
     r.add_argument("--out", required=True, type=Path, help="library directory to write (one recorder at a time)")
     r.add_argument("--workers", type=int, default=2, help="processes (default 2; 1 records in this process)")
     r.add_argument("--overwrite", action="store_true", help="re-record trees that are already there")

@@ -1,4 +1,4 @@
-"""The trace-tree recorder: real training runs, forked at decision epochs, written as trace format v1.
+"""The trace-tree recorder: real training runs, forked at decision epochs, written as trace format v2.
 
 A *tree* is one (task, scenario, seed). Its root is the do-nothing run, trained from epoch 0 to the end. At each of
 the first ``depth`` decision epochs (every ``decide_every`` epochs) the recorder saves the full training state and,
@@ -9,6 +9,16 @@ its branch epoch, then its own), and a rollout that follows any recorded action 
 A branch restores torch's global RNG and the data-order generator from the fork, so a branch and its parent see
 the same minibatches and dropout masks until their hyperparameters make them differ (common random numbers: the
 counterfactual difference is the action's effect, not sampling noise).
+
+**Replicates.** Training near the edge of stability is chaotic, so one recorded branch is one draw. With
+``replicates = R`` a tree is recorded R times from the same state at its first decision epoch: replicate 0 continues
+with the run's own noise, replicate r > 0 reseeds the data order and torch's RNG there (``Task.reseed``, from the
+tree's identity and r). Within a replicate every sibling shares that noise (common random numbers); across
+replicates only the post-fork noise differs. Each replicate is a whole tree of its own (run ids carry ``:r<k>``;
+the epochs before the fork are the same in all of them), and the truth at a node is the distribution over replicates.
+
+**Scenario families.** Each seed draws its recipe from its scenario's family (``Scenario.draw``); the ``init_*``
+columns, ``optimizer``, ``optimizer_json`` and ``settings_json`` record the draw.
 
 ``budget`` caps the runs recorded per tree: the root and all single-action branches come first, deeper branches
 are sampled with a generator seeded by the tree's identity, so a budgeted tree is deterministic too.
@@ -62,14 +72,14 @@ from typing import Callable, Iterator
 import pyarrow as pa
 
 from . import __version__
-from .core.hparams import Hyperparams
+from .core.hparams import KNOBS, Hyperparams
 from .core.menu import apply_action, changing_actions, record_menu
 from .core.outcome import is_diverged
 from .tasks import TASKS, get_task
 from .tasks.base import TorchTask, TrainState
 from .traces.format import EPOCHS, RUNS, TraceError, dumps, file_metadata, read_table, write_table
 
-RECORDER_VERSION = f"tmsim-{__version__}/trace-v1"
+RECORDER_VERSION = f"tmsim-{__version__}/trace-v2"
 
 Branch = tuple[tuple[int, str], ...]  # the (epoch, action) decisions that lead from the root to a run
 
@@ -85,9 +95,11 @@ class TreeSpec:
     decide_every: int | None = None
     budget: int | None = None
     menu: tuple[str, ...] | None = None
+    replicates: int = 1
 
     def __post_init__(self) -> None:
         _check_whole("--depth", self.depth, 0)
+        _check_whole("--replicates", self.replicates, 1)
         _check_whole("--seeds", self.seed, 0)
         if self.decide_every is not None:
             _check_whole("--decide-every", self.decide_every, 1)
@@ -100,7 +112,8 @@ class TreeSpec:
         task = get_task(self.task)
         sc = task.scenario(self.scenario)
         menu = self.menu or record_menu(len(task.losses))
-        return TreeSpec(self.task, self.scenario, self.seed, self.depth, self.decide_every or sc.decide_every, self.budget, tuple(menu))
+        return TreeSpec(self.task, self.scenario, self.seed, self.depth, self.decide_every or sc.decide_every, self.budget,
+                        tuple(menu), self.replicates)
 
     @property
     def stem(self) -> str:
@@ -109,6 +122,13 @@ class TreeSpec:
     def recipe(self) -> str:
         """The canonical description stored in each file's metadata (resume compares it)."""
         return dumps({**asdict(self.resolved()), "recorder": RECORDER_VERSION})
+
+    def noise_seed(self, replicate: int) -> int:
+        """The post-fork noise seed of ``replicate`` (a function of the tree's identity only)."""
+        import hashlib
+
+        h = hashlib.sha256(f"{self.task}/{self.scenario}/{self.seed}/replicate-{replicate}".encode()).digest()
+        return int.from_bytes(h[:7], "big")
 
 
 def _check_whole(option: str, value, low: int) -> None:
@@ -121,8 +141,10 @@ def _check_whole(option: str, value, low: int) -> None:
         raise ValueError(f"{option} must be a whole number >= {low}, got {value!r}")
 
 
-def run_id(spec: TreeSpec, branch: Branch) -> str:
-    return f"{spec.task}:{spec.scenario}:s{spec.seed}" + "".join(f"+e{e}:{a}" for e, a in branch)
+def run_id(spec: TreeSpec, branch: Branch, replicate: int = 0) -> str:
+    """``task:scenario:s<seed>[:r<replicate>]+e<epoch>:<action>...`` (the replicate only when there are several)."""
+    rep = f":r{replicate}" if spec.replicates > 1 else ""
+    return f"{spec.task}:{spec.scenario}:s{spec.seed}{rep}" + "".join(f"+e{e}:{a}" for e, a in branch)
 
 
 def decision_epochs(epochs: int, every: int, depth: int) -> list[int]:
@@ -133,7 +155,7 @@ def plan_tree(spec: TreeSpec) -> list[Branch]:
     """Every branch to record, parents before children (before divergence prunes any)."""
     spec = spec.resolved()
     task = get_task(spec.task)
-    sc = task.scenario(spec.scenario)
+    sc = task.scenario(spec.scenario, spec.seed)
     points = decision_epochs(sc.epochs, spec.decide_every, spec.depth)
 
     def hp_of(branch: Branch) -> Hyperparams:
@@ -189,12 +211,13 @@ def _finite_or_none(x: float | None) -> float | None:
 
 
 def record_tree(spec: TreeSpec, progress: Callable[[str, int], None] | None = None) -> tuple[pa.Table, pa.Table]:
-    """Train one tree for real and return its (runs, epochs) tables. Deterministic for a given spec."""
+    """Train one tree (all its replicates) for real and return its (runs, epochs) tables. Deterministic for a given
+    spec on a given machine."""
     import torch
 
     spec = spec.resolved()
     task: TorchTask = get_task(spec.task)
-    sc = task.scenario(spec.scenario)
+    sc = task.scenario(spec.scenario, spec.seed)
     plan = plan_tree(spec)
     children: dict[Branch, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
     for b in plan:
@@ -203,67 +226,101 @@ def record_tree(spec: TreeSpec, progress: Callable[[str, int], None] | None = No
     runs, epochs = _Columns(RUNS), _Columns(EPOCHS)
     progress = progress or (lambda kind, n: None)
     threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # one thread: the same numbers on every machine with the same wheel, and 2 workers on 2 cores
+    torch.set_num_threads(1)  # one thread: fewer sources of difference between machines, and 2 workers on 2 cores
     try:
         state = task.build(sc, spec.seed)
         initial = task.evaluate(state)
-        _epoch_row(epochs, spec, (), state, initial, None, 0.0, diverged=False)
-        _train_branch(task, spec, (), state, initial["val_loss"], children, runs, epochs, progress)
+        fork = min(decision_epochs(sc.epochs, spec.decide_every, max(spec.depth, 1)), default=sc.epochs)
+        # The epochs before the first decision are the same in every replicate: trained once, written per replicate.
+        pre = _Columns(EPOCHS)
+        _epoch_row(pre, spec, (), state, initial, None, 0.0, diverged=False)
+        diverged = _train_epochs(task, spec, state, fork, initial["val_loss"], pre, progress)
+        blob = None if diverged else task.save(state)
+        for r in range(spec.replicates):
+            for row in zip(*pre.cols.values()):
+                epochs.add(**{**dict(zip(pre.cols, row)), "run_id": run_id(spec, (), r)})
+            if blob is None:  # diverged before the fork: the root ends there, nothing is branched
+                _run_row(runs, task, spec, (), state, r, "diverged")
+                progress("runs", 1)
+                progress("skipped", len(plan) - 1)
+                continue
+            st = task.restore(blob)
+            if r > 0:
+                task.reseed(st, spec.noise_seed(r))
+            _train_branch(task, spec, (), st, initial["val_loss"], children, runs, epochs, progress, r)
     finally:
         torch.set_num_threads(threads)
     return runs.table(), epochs.table()
 
 
-def _epoch_row(cols: _Columns, spec: TreeSpec, branch: Branch, state: TrainState, ev: dict, tr: dict | None, wall: float, diverged: bool) -> None:
+def _train_epochs(task, spec, state, until: int, initial_val: float, cols: "_Columns", progress, branch: Branch = (),
+                  replicate: int = 0) -> bool:
+    """Train ``state`` up to epoch ``until``, one row per epoch; True when the run diverged (it stops there)."""
+    while state.epoch < until:
+        t0 = time.perf_counter()
+        tr = task.train_epoch(state)
+        ev = task.evaluate(state)
+        wall = time.perf_counter() - t0
+        diverged = is_diverged(ev["val_loss"], initial_val, ev["train_loss"], tr["grad_norm"])
+        _epoch_row(cols, spec, branch, state, ev, tr, wall, diverged, replicate)
+        progress("epochs", 1)
+        if diverged:
+            return True
+    return False
+
+
+def _epoch_row(cols: _Columns, spec: TreeSpec, branch: Branch, state: TrainState, ev: dict, tr: dict | None, wall: float,
+               diverged: bool, replicate: int = 0) -> None:
     hp = state.hparams
     tr = tr or {}
     cols.add(
-        run_id=run_id(spec, branch), task=spec.task, epoch=state.epoch,
-        lr=hp.lr, weight_decay=hp.weight_decay, dropout=hp.dropout, aux_loss_weight=hp.aux_loss_weight,
+        run_id=run_id(spec, branch, replicate), task=spec.task, epoch=state.epoch,
+        **{k: getattr(hp, k) for k in KNOBS},
         **{k: _finite_or_none(v) for k, v in ev.items()},
         grad_norm=_finite_or_none(tr.get("grad_norm")), update_ratio=_finite_or_none(tr.get("update_ratio")),
-        samples_seen=state.samples_seen, step_time_s=tr.get("step_time_s"), wall_time_s=wall,
+        samples_seen=state.samples_seen, step=state.steps, step_time_s=tr.get("step_time_s"), wall_time_s=wall,
         diverged=diverged, source="recorded",
     )
 
 
-def _train_branch(task, spec, branch, state, initial_val, children, runs, epochs, progress) -> None:
+def _run_row(runs: _Columns, task, spec: TreeSpec, branch: Branch, state: TrainState, replicate: int, status: str) -> None:
+    sc = state.scenario
+    hp0 = sc.hparams
+    family, opt_settings = task.optimizer_info(state)
+    runs.add(
+        run_id=run_id(spec, branch, replicate), parent_run_id=run_id(spec, branch[:-1], replicate) if branch else None,
+        root_run_id=run_id(spec, (), replicate), depth=len(branch),
+        branch_epoch=branch[-1][0] if branch else None, branch_action=branch[-1][1] if branch else None,
+        task=spec.task, scenario=spec.scenario, seed=spec.seed, replicate=replicate,
+        model=type(state.model).__name__, n_params=task.n_params(state), dataset=task.dataset_descriptor,
+        **{f"init_{k}": getattr(hp0, k) for k in KNOBS}, optimizer=family, optimizer_json=dumps(opt_settings),
+        settings_json=dumps(sc.settings), max_epochs=sc.epochs, decide_every=spec.decide_every,
+        status=status, end_epoch=state.epoch, source="recorded", recorder_version=RECORDER_VERSION,
+    )
+
+
+def _train_branch(task, spec, branch, state, initial_val, children, runs, epochs, progress, replicate: int = 0) -> None:
     sc = state.scenario
     kids = children.get(branch, {})
     forks: dict[int, bytes] = {}
     status = "complete"
-    start = state.epoch
     if not (branch and branch[-1][1] == "stop"):
-        for _ in range(start, sc.epochs):
-            t0 = time.perf_counter()
-            tr = task.train_epoch(state)
-            ev = task.evaluate(state)
-            wall = time.perf_counter() - t0
-            diverged = is_diverged(ev["val_loss"], initial_val, ev["train_loss"], tr["grad_norm"])
-            _epoch_row(epochs, spec, branch, state, ev, tr, wall, diverged)
-            progress("epochs", 1)
-            if diverged:
+        while True:
+            if state.epoch in kids:  # the state every child of this run forks from (its noise included)
+                forks[state.epoch] = task.save(state)
+            if state.epoch >= sc.epochs:
+                break
+            if _train_epochs(task, spec, state, state.epoch + 1, initial_val, epochs, progress, branch, replicate):
                 status = "diverged"
                 break
-            if state.epoch in kids:
-                forks[state.epoch] = task.save(state)
-    hp0 = sc.hparams
-    parent = run_id(spec, branch[:-1]) if branch else None
-    runs.add(
-        run_id=run_id(spec, branch), parent_run_id=parent, root_run_id=run_id(spec, ()), depth=len(branch),
-        branch_epoch=branch[-1][0] if branch else None, branch_action=branch[-1][1] if branch else None,
-        task=spec.task, scenario=spec.scenario, seed=spec.seed,
-        model=type(state.model).__name__, n_params=task.n_params(state), dataset=task.dataset_descriptor,
-        init_lr=hp0.lr, init_weight_decay=hp0.weight_decay, init_dropout=hp0.dropout, init_aux_loss_weight=hp0.aux_loss_weight,
-        settings_json=dumps(sc.settings), max_epochs=sc.epochs, decide_every=spec.decide_every,
-        status=status, end_epoch=state.epoch, source="recorded", recorder_version=RECORDER_VERSION,
-    )
+    _run_row(runs, task, spec, branch, state, replicate, status)
     progress("runs", 1)
     for d in sorted(forks):
         for action in kids[d]:
             child = task.restore(forks[d])
             task.apply(child, apply_action(child.hparams, action))
-            _train_branch(task, spec, branch + ((d, action),), child, initial_val, children, runs, epochs, progress)
+            _train_branch(task, spec, branch + ((d, action),), child, initial_val, children, runs, epochs, progress,
+                          replicate)
     # Branches planned after a divergence are never trained: report them as done so progress adds up.
     skipped = sum(len(v) for d, v in kids.items() if d not in forks)
     if skipped:
@@ -302,10 +359,37 @@ def is_recorded(out: Path, spec: TreeSpec) -> bool:
     return True
 
 
+def provenance() -> dict:
+    """Where a recording was made: what decides its numbers besides the seed (training is chaotic, so another CPU
+    or another BLAS gives another draw). Stored in every recorded file's metadata as ``tmsim.provenance``."""
+    import platform
+
+    import numpy as np
+    import torch
+
+    blas = None
+    try:
+        blas = np.show_config(mode="dicts")["Build Dependencies"]["blas"]
+        blas = f"{blas.get('name')} {blas.get('version')}"
+    except Exception:  # noqa: BLE001 -- older numpy: no machine-readable config
+        pass
+    cpu = None
+    try:
+        cpu = next(ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
+                   if ln.startswith("model name"))
+    except (OSError, StopIteration):
+        cpu = platform.processor() or None
+    return {"torch": torch.__version__, "torch_git": getattr(torch.version, "git_version", None),
+            "cpu_capability": torch.backends.cpu.get_cpu_capability(), "threads": torch.get_num_threads(),
+            "numpy": np.__version__, "blas": blas, "cpu": cpu, "machine": platform.machine(),
+            "python": platform.python_version(), "tmsim": __version__}
+
+
 def write_tree(out: Path, spec: TreeSpec, runs: pa.Table, epochs: pa.Table) -> None:
     """Epochs first, runs last: a tree counts as recorded only once its runs file is in place."""
     paths = tree_paths(out, spec)
-    md = {"recipe": spec.recipe()}
+    # trees are always trained with one thread (record_tree), whatever the writing process uses
+    md = {"recipe": spec.recipe(), "provenance": dumps({**provenance(), "threads": 1})}
     write_table(epochs, paths["epochs"], "epochs", md)
     write_table(runs, paths["runs"], "runs", md)
 
@@ -718,7 +802,7 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
             _remove_stale_temp_files(out)  # leftovers of an interrupted write; never read as complete
             todo = [s for s in specs if overwrite or not is_recorded(out, s)]
             stats["skipped"] = len(specs) - len(todo)
-            total_runs = sum(len(plan_tree(s)) for s in todo)
+            total_runs = sum(len(plan_tree(s)) * s.replicates for s in todo)
             bar = tqdm(total=total_runs, unit="run", desc="recording", disable=not show_progress or not todo,
                        dynamic_ncols=True)
             epochs_done = 0
@@ -752,7 +836,8 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
     return stats
 
 
-def specs_from_args(tasks: list[str], scenarios: list[str] | None, seeds: list[int], depth: int, decide_every: int | None, budget: int | None) -> list[TreeSpec]:
+def specs_from_args(tasks: list[str], scenarios: list[str] | None, seeds: list[int], depth: int, decide_every: int | None,
+                    budget: int | None, replicates: int = 1) -> list[TreeSpec]:
     """One ``TreeSpec`` per (task, scenario, seed). A task may be a registered name or ``"package.module:Class"``;
     the specs carry the task's registered name (the name its traces are filed under)."""
     specs = []
@@ -760,7 +845,7 @@ def specs_from_args(tasks: list[str], scenarios: list[str] | None, seeds: list[i
         task = get_task(t)
         for sc in scenarios or list(task.scenarios()):
             task.scenario(sc)  # validates the name
-            specs.extend(TreeSpec(task.name, sc, s, depth, decide_every, budget) for s in seeds)
+            specs.extend(TreeSpec(task.name, sc, s, depth, decide_every, budget, replicates=replicates) for s in seeds)
     return specs
 
 

@@ -284,8 +284,11 @@ def _validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAc
         lo, hi = max(slo, amin), min(shi, amax)
         if lo > hi:
             return _fallback(snapshot), violations + ["out_of_bounds"]
-        new = min(max(want, lo), hi)
-        if not slo <= want <= shi:
+        # a move of exactly the step limit is within it, whatever floating-point rounding did to the sum
+        tol = STEP_SLACK * max(abs(old), abs(want), 1e-3)
+        within_step = slo - tol <= want <= shi + tol
+        new = want if within_step and amin <= want <= amax else min(max(want, lo), hi)
+        if not within_step:
             violations.append("change_too_large")
         if not amin <= want <= amax:
             violations.append("out_of_bounds")
@@ -318,14 +321,21 @@ def _budget_left(snapshot: Snapshot, bounds: Bounds) -> float:
     return bounds.max_interventions - sum(d.action != "continue" for d in snapshot.decisions)
 
 
+#: Relative slack of the step limits: a move of exactly the limit must not fail on floating-point rounding
+#: (``0.0734 + 0.1`` is not ``0.1734`` in binary).
+STEP_SLACK = 1e-12
+
+
 def _step_limits(knob: str, old: float, bounds: Bounds) -> tuple[float, float]:
     """The range a knob may move to in one decision, from ``old``."""
     if knob == "dropout":
-        return old - bounds.max_dropout_step, old + bounds.max_dropout_step
-    if knob == "weight_decay":
+        lo, hi = old - bounds.max_dropout_step, old + bounds.max_dropout_step
+    elif knob == "weight_decay":
         f = bounds.max_factor * 5
-        return old / f, max(old * f, bounds.weight_decay_step)
-    return old / bounds.max_factor, old * bounds.max_factor
+        lo, hi = old / f, max(old * f, bounds.weight_decay_step)
+    else:
+        lo, hi = old / bounds.max_factor, old * bounds.max_factor
+    return lo, hi
 
 
 def offered_actions(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...] = ACTIONS) -> tuple[str, ...]:

@@ -173,7 +173,8 @@ def raw_text(raw: Any) -> str:
 
 
 def decision_row(policy, snap: Snapshot, raw: Any, ms: float, act: ValidatedAction | None, violations: list[str],
-                 action: str | None = None, source: str | None = None, staleness_steps: int | None = None) -> dict:
+                 action: str | None = None, source: str | None = None, staleness_steps: int | None = None,
+                 step: int | None = None) -> dict:
     """One ``decisions`` row (audit trail): the raw output, the parsed proposal, what was applied and why.
     ``action``/``source`` override the validated action's when the answer was not applied (a stale one)."""
     try:
@@ -182,7 +183,7 @@ def decision_row(policy, snap: Snapshot, raw: Any, ms: float, act: ValidatedActi
     except Exception:  # noqa: BLE001 -- an output that was not made plain by the guarded call
         proposal_json = None
     return dict(
-        run_id=snap.run_id, task=snap.task, epoch=snap.epoch, policy_id=getattr(policy, "policy_id", "policy"),
+        run_id=snap.run_id, task=snap.task, epoch=snap.epoch, step=step, policy_id=getattr(policy, "policy_id", "policy"),
         policy_version=str(getattr(policy, "version", "")), snapshot_hash=snap.hash, raw_output=raw_text(raw),
         proposal_json=proposal_json, action=action or act.action,
         action_json=act.to_json() if act else None, violations=list(violations), source=source or act.source,

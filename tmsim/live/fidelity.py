@@ -27,7 +27,7 @@ def run_task_live(task_name: str, scenario: str, seed: int, policy, *, mode: str
     import torch
 
     task = get_task(task_name)
-    sc = task.scenario(scenario)
+    sc = task.scenario(scenario, seed)  # the seed's member of the scenario family, as recorded
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the recorder's setting: same numbers as the recording
     try:

@@ -294,7 +294,8 @@ class LiveManager:
         return build_snapshot(run, self.history, self._chain, self.epoch, self.bounds)
 
     def _log(self, snap, out, ms, action, act, violations, source, stale) -> None:
-        self.decision_rows.append(decision_row(self.policy, snap, out, ms, act, violations, action, source, stale))
+        self.decision_rows.append(decision_row(self.policy, snap, out, ms, act, violations, action, source, stale,
+                                               step=self.step))
 
     def close(self) -> Path | None:
         """Collect an answer still in flight, then write the trace (if ``record_dir``). Safe to call twice."""

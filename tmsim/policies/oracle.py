@@ -1,10 +1,16 @@
-"""The oracle: at a recorded node, the action whose recorded subtree reaches the best final validation loss.
+"""The oracle: at a recorded node, the action whose recorded subtree reaches the best *expected* final validation
+loss.
+
+Training is chaotic, so the truth at a node is a distribution: a tree recorded with replicates holds each path once
+per replicate. The oracle scores a path by the mean over its replicates of the final validation loss (a diverged run
+scores the divergence penalty of ``tmsim.core.outcome``), and a node's value is the best expected outcome among
+its own path and every recorded path below it; so it acts the same way in every replicate of a tree, and its
+choice is not fitted to one replicate's noise. With one replicate this is the best recorded final.
 
 It reads the answers off the trace tree, so it is an **upper bound** on what a policy could reach on the recorded
-menu, not a policy one could deploy; every report marks it as such (``is_upper_bound = True``). Runs are scored by
-the shared outcome rule (``tmsim.core.outcome``: a diverged run scores the divergence penalty, which is worse than
-any run that did not diverge). Ties go to ``continue`` (the cheaper choice). At a node the library does not hold
-(off the recorded tree) it has nothing to read and proposes ``continue``.
+menu, not a policy one could deploy; every report marks it as such (``is_upper_bound = True``). Ties go to
+``continue`` (the cheaper choice). At a node the library does not hold (off the recorded tree) it has nothing to
+read and proposes ``continue``.
 """
 from __future__ import annotations
 
@@ -24,20 +30,34 @@ class OraclePolicy:
         index = library if isinstance(library, TreeIndex) else TreeIndex(library)
         self.index, self.policy_id, self.version = index, policy_id, version
         self._best: dict[str, float] = {}
+        self._kids: dict[str, dict[tuple[int, str], str]] = {}
 
-    def _subtree(self, rid: str) -> float:
-        """The best final val loss recorded in the subtree of ``rid`` (``rid`` itself included)."""
-        if rid not in self._best:
-            self._best[rid] = min([self.index.final_val_loss(rid)]
-                                  + [self._subtree(c) for c in self.index.children.get(rid, {}).values()])
-        return self._best[rid]
+    def _children(self, path: str) -> dict[tuple[int, str], str]:
+        """{(epoch, action): child path} over every replicate that holds ``path``."""
+        if path not in self._kids:
+            kids = {}
+            for rid in self.index.by_path[path]:
+                for key, child in self.index.children.get(rid, {}).items():
+                    kids[key] = self.index.meta[child]["path"]
+            self._kids[path] = kids
+        return self._kids[path]
+
+    def _subtree(self, path: str) -> float:
+        """The best expected final val loss among ``path`` and every recorded path below it."""
+        if path not in self._best:
+            self._best[path] = min([self.index.expected_final_val_loss(path)]
+                                   + [self._subtree(c) for c in self._children(path).values()])
+        return self._best[path]
 
     def values(self, run_id: str, epoch: int) -> dict[str, float]:
-        """Best recorded final val loss reachable by each action at (run, epoch); empty off the tree."""
-        if run_id not in self.index.meta:
+        """Best expected final val loss reachable by each action at (run, epoch); empty off the tree."""
+        meta = self.index.meta.get(run_id)
+        if meta is None:
             return {}
-        kids = self.index.children.get(run_id, {})
-        out = {"continue": min([self.index.final_val_loss(run_id)] + [self._subtree(c) for (e, _), c in kids.items() if e > epoch])}
+        path = meta["path"]
+        kids = self._children(path)
+        out = {"continue": min([self.index.expected_final_val_loss(path)]
+                               + [self._subtree(c) for (e, _), c in kids.items() if e > epoch])}
         for (e, action), c in kids.items():
             if e == epoch:
                 out[action] = self._subtree(c)
@@ -48,4 +68,4 @@ class OraclePolicy:
         if len(vals) <= 1:
             return Proposal(action="continue", reason="no recorded alternatives here")
         action = min(vals, key=lambda a: (vals[a], a != "continue"))
-        return Proposal(action=action, reason=f"best recorded final val loss {vals[action]:.4g} (upper bound)")
+        return Proposal(action=action, reason=f"best expected final val loss {vals[action]:.4g} (upper bound)")

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import io
 import time
-from dataclasses import dataclass, field
+import math
+import random
+from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
@@ -32,10 +34,14 @@ from ..core.hparams import Hyperparams
 
 @dataclass(frozen=True)
 class Scenario:
-    """A hyperparameter recipe that induces one failure a manager must fix (or a healthy run to leave alone).
+    """A *family* of recipes that induce one failure a manager must fix (or a healthy run to leave alone).
 
-    ``settings`` holds the task-specific fixed settings (model width, training-set size, batch size, ...), which
-    the manager cannot change.
+    ``hparams`` and ``settings`` (task-specific fixed settings: model width, training-set size, batch size, momentum
+    or betas, ...) are the family's centre; ``family`` says how each seed draws its own member: a knob name (``lr``,
+    ``weight_decay``, ``dropout``, ``aux_loss_weight``) or a settings key mapped to ``("log", lo, hi)``,
+    ``("uniform", lo, hi)``, ``("int", lo, hi)`` or ``("choice", [options])``. ``draw(task, seed)`` gives the member
+    for a seed, deterministically, so a scenario is the label of a family rather than one recipe a model could
+    memorise. The ranges keep the failure mode; ``epochs`` and ``decide_every`` are the same for every member.
     """
 
     name: str
@@ -44,6 +50,39 @@ class Scenario:
     decide_every: int
     description: str
     settings: dict[str, Any] = field(default_factory=dict)
+    family: dict[str, tuple] = field(default_factory=dict)
+    seed: int | None = None  # the seed this member was drawn for (None: the family's centre)
+
+    def draw(self, task: str, seed: int) -> "Scenario":
+        """The member of the family for ``seed`` (the same on every machine and every call)."""
+        if not self.family:
+            return replace(self, seed=seed)
+        rng = random.Random(f"{task}/{self.name}/{seed}")
+        hp, settings = self.hparams.to_dict(), dict(self.settings)
+        for key in sorted(self.family):
+            value = _draw(rng, self.family[key], f"{task}/{self.name}: family {key!r}")
+            if key in hp:
+                hp[key] = value
+            else:
+                settings[key] = value
+        return replace(self, hparams=Hyperparams(**hp), settings=settings, seed=seed)
+
+
+def _draw(rng: random.Random, spec: tuple, where: str) -> Any:
+    kind, *args = spec
+    if kind == "log":  # drawn values keep 4 significant digits: readable in traces and prompts
+        lo, hi = args
+        return float(f"{math.exp(rng.uniform(math.log(lo), math.log(hi))):.4g}")
+    if kind == "uniform":
+        lo, hi = args
+        return float(f"{rng.uniform(lo, hi):.4g}")
+    if kind == "int":
+        lo, hi = args
+        return rng.randint(int(lo), int(hi))
+    if kind == "choice":
+        (options,) = args
+        return options[rng.randrange(len(options))]
+    raise ValueError(f"{where}: unknown range kind {kind!r} (log, uniform, int, choice)")
 
 
 @dataclass
@@ -58,6 +97,7 @@ class TrainState:
     generator: torch.Generator  # data order
     epoch: int = 0
     samples_seen: int = 0
+    steps: int = 0  # optimizer steps taken so far
 
 
 #: Metric columns every task reports at every epoch (``None`` where undefined).
@@ -93,6 +133,18 @@ class TorchTask:
         """(objective loss, accuracy or None) on a whole split, in eval mode, without gradients."""
         raise NotImplementedError
 
+    def reseed(self, state: TrainState, noise_seed: int) -> None:
+        """Draw the run's noise from here on (data order, dropout masks) from ``noise_seed``: how the recorder makes
+        replicates of a tree that differ only after the fork."""
+        state.generator.manual_seed(noise_seed)
+        torch.manual_seed(noise_seed)
+
+    def optimizer_info(self, state: TrainState) -> tuple[str, dict[str, Any]]:
+        """(family, settings) of the run's optimizer, as recorded in ``runs`` (e.g. ``("sgd", {"momentum": 0.9})``)."""
+        opt = state.optimizer
+        keep = ("momentum", "nesterov", "dampening", "betas", "eps", "amsgrad")
+        return type(opt).__name__.lower(), {k: opt.defaults[k] for k in keep if k in opt.defaults}
+
     def make_optimizer(self, model: nn.Module, scenario: Scenario, hp: Hyperparams) -> torch.optim.Optimizer:
         momentum = scenario.settings.get("momentum", 0.9)
         return torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=momentum, weight_decay=hp.weight_decay)
@@ -101,25 +153,29 @@ class TorchTask:
     def scenarios(self) -> dict[str, Scenario]:
         return dict(self.SCENARIOS)
 
-    def scenario(self, name: str) -> Scenario:
+    def scenario(self, name: str, seed: int | None = None) -> Scenario:
+        """The scenario family ``name``; with ``seed``, that seed's member of the family."""
         try:
-            return self.SCENARIOS[name]
+            sc = self.SCENARIOS[name]
         except KeyError:
             raise ValueError(f"task {self.name!r} has no scenario {name!r}; known: {sorted(self.SCENARIOS)}") from None
+        return sc if seed is None else sc.draw(self.name, seed)
 
     def _data(self, scenario: Scenario) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         # Data is deterministic per scenario; cache it so forks do not rebuild it.
         cache = self.__dict__.setdefault("_data_cache", {})
-        if scenario.name not in cache:
-            cache[scenario.name] = self.data(scenario)
-        return cache[scenario.name]
+        key = (scenario.name, repr(sorted(scenario.settings.items())))  # members of a family may differ in data
+        if key not in cache:
+            cache[key] = self.data(scenario)
+        return cache[key]
 
     def n_params(self, state: TrainState) -> int:
         return sum(p.numel() for p in state.model.parameters())
 
     def build(self, scenario: str | Scenario, seed: int, hparams: Hyperparams | None = None) -> TrainState:
-        """A fresh run: model initialised from ``seed``, data order from ``seed``."""
-        sc = self.scenario(scenario) if isinstance(scenario, str) else scenario
+        """A fresh run: model initialised from ``seed``, data order from ``seed``. A scenario given by name is the
+        family's member for ``seed``."""
+        sc = self.scenario(scenario, seed) if isinstance(scenario, str) else scenario
         hp = hparams or sc.hparams
         torch.manual_seed(seed)
         model = self.make_model(sc, hp)
@@ -161,6 +217,7 @@ class TorchTask:
             gn = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in model.parameters() if p.grad is not None]))
             grad_norms.append(float(gn))
             opt.step()
+            state.steps += 1
             n += len(idx)
             if on_step is not None:
                 on_step()
@@ -173,6 +230,7 @@ class TorchTask:
             "grad_norm": float(sum(grad_norms) / max(len(grad_norms), 1)),
             "update_ratio": float((w1 - w0).norm()) / w0n if w0n > 0 else float("nan"),
             "samples_seen": state.samples_seen,
+            "step": state.steps,
             "step_time_s": elapsed / max(len(order), 1),
         }
 
@@ -217,6 +275,7 @@ class TorchTask:
                 "seed": state.seed,
                 "epoch": state.epoch,
                 "samples_seen": state.samples_seen,
+                "steps": state.steps,
                 "scenario": state.scenario.name,
             },
             buf,
@@ -226,7 +285,7 @@ class TorchTask:
     def restore(self, blob: bytes) -> TrainState:
         """Rebuild a ``TrainState`` from ``save``'s bytes; the restored run continues bit-for-bit like the original."""
         d = torch.load(io.BytesIO(blob), weights_only=True)
-        sc = self.scenario(d["scenario"])
+        sc = self.scenario(d["scenario"], d["seed"])
         hp = Hyperparams(**d["hparams"])
         state = self.build(sc, d["seed"], hp)
         state.model.load_state_dict(d["model"])
@@ -234,5 +293,5 @@ class TorchTask:
         self.apply(state, hp)
         state.generator.set_state(d["generator"])
         torch.set_rng_state(d["torch_rng"])
-        state.epoch, state.samples_seen = d["epoch"], d["samples_seen"]
+        state.epoch, state.samples_seen, state.steps = d["epoch"], d["samples_seen"], d.get("steps", 0)
         return state

@@ -36,16 +36,24 @@ class MultiLoss(TorchTask):
         for s in [
             Scenario("imbalance", Hyperparams(lr=0.05, aux_loss_weight=0.01), 20, 5,
                      "reconstruction weighted 1/100: the decoder barely trains and the joint objective stalls",
-                     {"hidden": 128, "latent": 32, "n_train": 600, "batch_size": 32}),
+                     {"hidden": 128, "latent": 32, "n_train": 600, "batch_size": 32, "momentum": 0.9},
+                     {"lr": ("log", 0.03, 0.08), "aux_loss_weight": ("log", 0.005, 0.02), "hidden": ("choice", [96, 128, 192]),
+                      "n_train": ("int", 500, 700), "momentum": ("uniform", 0.85, 0.93)}),
             Scenario("overfit", Hyperparams(lr=0.1, aux_loss_weight=1.0), 20, 5,
                      "wide encoder on 250 images: validation objective rises after a few epochs",
-                     {"hidden": 512, "latent": 64, "n_train": 250, "batch_size": 25}),
+                     {"hidden": 512, "latent": 64, "n_train": 250, "batch_size": 25, "momentum": 0.9},
+                     {"lr": ("log", 0.07, 0.14), "aux_loss_weight": ("log", 0.7, 1.4), "hidden": ("choice", [384, 512, 640]),
+                      "latent": ("choice", [48, 64]), "n_train": ("int", 200, 300), "momentum": ("uniform", 0.85, 0.93)}),
             Scenario("plateau", Hyperparams(lr=0.002, aux_loss_weight=1.0), 20, 5,
                      "LR far too low: both losses creep down",
-                     {"hidden": 128, "latent": 32, "n_train": 600, "batch_size": 32}),
+                     {"hidden": 128, "latent": 32, "n_train": 600, "batch_size": 32, "momentum": 0.9},
+                     {"lr": ("log", 0.001, 0.004), "aux_loss_weight": ("log", 0.7, 1.4), "hidden": ("choice", [96, 128, 192]),
+                      "n_train": ("int", 500, 700), "momentum": ("uniform", 0.85, 0.93)}),
             Scenario("healthy", Hyperparams(lr=0.05, aux_loss_weight=1.0, dropout=0.1), 20, 5,
                      "balanced weights and a sensible LR: leave it alone",
-                     {"hidden": 128, "latent": 32, "n_train": 900, "batch_size": 32}),
+                     {"hidden": 128, "latent": 32, "n_train": 900, "batch_size": 32, "momentum": 0.9},
+                     {"lr": ("log", 0.03, 0.08), "aux_loss_weight": ("log", 0.7, 1.4), "dropout": ("uniform", 0.05, 0.15),
+                      "hidden": ("choice", [128, 160]), "n_train": ("int", 800, 990), "momentum": ("uniform", 0.85, 0.93)}),
         ]
     }
 

@@ -70,21 +70,34 @@ class TextLM(TorchTask):
         for s in [
             Scenario("overfit", Hyperparams(lr=4e-3), 16, 4,
                      "roomy model on 5k characters: validation loss turns up after a few epochs",
-                     {"d": 96, "layers": 2, "heads": 4, "ctx": 48, "n_train": 5_000, "batch_size": 16, "steps_per_epoch": 20}),
+                     {"d": 96, "layers": 2, "heads": 4, "ctx": 48, "n_train": 5_000, "batch_size": 16, "steps_per_epoch": 20,
+                      "betas": (0.9, 0.999)},
+                     {"lr": ("log", 3e-3, 6e-3), "d": ("choice", [80, 96, 128]), "n_train": ("int", 4_000, 6_500),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}),
             Scenario("diverge", Hyperparams(lr=0.08), 16, 4,
                      "Adam LR ten times too high without warm-up: loss spikes and may never recover",
-                     {"d": 64, "layers": 2, "heads": 4, "ctx": 48, "n_train": 80_000, "batch_size": 16, "steps_per_epoch": 20}),
+                     {"d": 64, "layers": 2, "heads": 4, "ctx": 48, "n_train": 80_000, "batch_size": 16, "steps_per_epoch": 20,
+                      "betas": (0.9, 0.999)},
+                     {"lr": ("log", 0.05, 0.12), "d": ("choice", [48, 64, 80]), "n_train": ("int", 60_000, 90_000),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
             Scenario("plateau", Hyperparams(lr=1e-4), 16, 4,
                      "LR far too low: the model is stuck near unigram statistics",
-                     {"d": 64, "layers": 2, "heads": 4, "ctx": 48, "n_train": 80_000, "batch_size": 16, "steps_per_epoch": 20}),
+                     {"d": 64, "layers": 2, "heads": 4, "ctx": 48, "n_train": 80_000, "batch_size": 16, "steps_per_epoch": 20,
+                      "betas": (0.9, 0.999)},
+                     {"lr": ("log", 6e-5, 1.6e-4), "d": ("choice", [48, 64, 80]), "n_train": ("int", 60_000, 90_000),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
             Scenario("healthy", Hyperparams(lr=2e-3, dropout=0.1), 16, 4,
                      "a sensible recipe on 80k characters: leave it alone",
-                     {"d": 64, "layers": 2, "heads": 4, "ctx": 48, "n_train": 80_000, "batch_size": 16, "steps_per_epoch": 20}),
+                     {"d": 64, "layers": 2, "heads": 4, "ctx": 48, "n_train": 80_000, "batch_size": 16, "steps_per_epoch": 20,
+                      "betas": (0.9, 0.999)},
+                     {"lr": ("log", 1.4e-3, 3e-3), "dropout": ("uniform", 0.05, 0.15), "d": ("choice", [48, 64, 80]),
+                      "n_train": ("int", 60_000, 90_000), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
         ]
     }
 
     def make_optimizer(self, model, scenario, hp):
-        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                 betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
 
     def data(self, scenario: Scenario):
         ids = load_corpus()

@@ -1,4 +1,9 @@
-"""Trace format v1: Parquet tables ``runs``, ``epochs`` and ``decisions``, hive-partitioned by task.
+"""Trace format v2: Parquet tables ``runs``, ``epochs`` and ``decisions``, hive-partitioned by task.
+
+Version 2 adds the ``replicate`` of every run (the same tree re-trained with other post-fork noise), the run's
+``optimizer`` and its settings, and the optimizer ``step`` of every epoch row and decision; recorded files also carry
+their provenance (``tmsim.provenance``: torch build, CPU capability, threads, numpy and its BLAS). Version-1 files
+are still read: as replicate 0, with the optimizer and steps null.
 
 Layout of a trace library directory::
 
@@ -30,7 +35,9 @@ import pyarrow.parquet as pq
 
 from ..core.hparams import KNOBS
 
-SCHEMA_VERSION = "1"
+SCHEMA_VERSION = "2"
+#: Versions this reader accepts; an older file is read with the columns added since filled in (``V2_ADDED``).
+READABLE_VERSIONS = ("1", "2")
 TABLES = ("runs", "epochs", "decisions")
 
 RUNS = pa.schema(
@@ -44,10 +51,13 @@ RUNS = pa.schema(
         ("task", pa.string()),
         ("scenario", pa.string()),
         ("seed", pa.int64()),
+        ("replicate", pa.int32()),
         ("model", pa.string()),
         ("n_params", pa.int64()),
         ("dataset", pa.string()),
         *[(f"init_{k}", pa.float64()) for k in KNOBS],
+        ("optimizer", pa.string()),
+        ("optimizer_json", pa.string()),
         ("settings_json", pa.string()),
         ("max_epochs", pa.int32()),
         ("decide_every", pa.int32()),
@@ -73,6 +83,7 @@ EPOCHS = pa.schema(
         ("grad_norm", pa.float64()),
         ("update_ratio", pa.float64()),
         ("samples_seen", pa.int64()),
+        ("step", pa.int64()),
         ("step_time_s", pa.float64()),
         ("wall_time_s", pa.float64()),
         ("diverged", pa.bool_()),
@@ -85,6 +96,7 @@ DECISIONS = pa.schema(
         ("run_id", pa.string()),
         ("task", pa.string()),
         ("epoch", pa.int32()),
+        ("step", pa.int64()),
         ("policy_id", pa.string()),
         ("policy_version", pa.string()),
         ("snapshot_hash", pa.string()),
@@ -100,6 +112,10 @@ DECISIONS = pa.schema(
 )
 
 SCHEMAS = {"runs": RUNS, "epochs": EPOCHS, "decisions": DECISIONS}
+#: Columns added in version 2 and the value a version-1 file reads as: one replicate per tree (0), the optimizer
+#: not recorded (null), the optimizer step not recorded (null).
+V2_ADDED = {"runs": {"replicate": 0, "optimizer": None, "optimizer_json": None},
+            "epochs": {"step": None}, "decisions": {"step": None}}
 
 #: Columns that must never be null, per table.
 REQUIRED = {
@@ -116,13 +132,13 @@ FINITE = {
 #: Closed ranges that non-null values must lie in, per table (None: unbounded on that side). Losses are
 #: cross-entropies and squared errors, so never negative; accuracies are fractions.
 RANGES = {
-    "runs": {"depth": (0, None), "branch_epoch": (0, None), "max_epochs": (1, None), "decide_every": (1, None),
+    "runs": {"depth": (0, None), "branch_epoch": (0, None), "replicate": (0, None), "max_epochs": (1, None), "decide_every": (1, None),
              "end_epoch": (0, None), **{f"init_{k}": (0, 1 if k == "dropout" else None) for k in KNOBS}},
     "epochs": {"epoch": (0, None), **{k: (0, 1 if k == "dropout" else None) for k in KNOBS},
                **{f"{s}_loss": (0, None) for s in ("train", "val", "test")},
                **{f"{s}_acc": (0, 1) for s in ("train", "val", "test")},
-               "grad_norm": (0, None), "update_ratio": (0, None), "samples_seen": (0, None)},
-    "decisions": {"epoch": (0, None)},
+               "grad_norm": (0, None), "update_ratio": (0, None), "samples_seen": (0, None), "step": (0, None)},
+    "decisions": {"epoch": (0, None), "step": (0, None)},
 }
 #: Columns that identify a row; no two rows of a library may share them.
 KEYS = {"runs": ("run_id",), "epochs": ("run_id", "epoch")}
@@ -136,7 +152,7 @@ class TraceError(ValueError):
 
 
 def write_table(table: pa.Table, path: str | os.PathLike, kind: str, extra_metadata: dict[str, str] | None = None) -> Path:
-    """Write ``table`` as a ``kind`` file at ``path`` atomically, after casting it to the v1 schema."""
+    """Write ``table`` as a ``kind`` file at ``path`` atomically, after casting it to the current schema."""
     path = Path(path)
     table = conform(table, kind)
     md = {b"tmsim.schema_version": SCHEMA_VERSION.encode(), b"tmsim.table": kind.encode()}
@@ -157,7 +173,7 @@ def write_table(table: pa.Table, path: str | os.PathLike, kind: str, extra_metad
 
 
 def conform(table: pa.Table, kind: str) -> pa.Table:
-    """``table`` with exactly the v1 columns of ``kind`` in order (missing optional columns become null)."""
+    """``table`` with exactly the current columns of ``kind`` in order (missing optional columns become null)."""
     schema = SCHEMAS[kind]
     cols = []
     for f in schema:
@@ -203,21 +219,29 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
     version = md.get("tmsim.schema_version")
     if version is None:
         raise TraceError(f"{path}: field 'tmsim.schema_version' missing from file metadata (not a tmsim trace?)")
-    if version != SCHEMA_VERSION:
-        raise TraceError(f"{path}: unknown schema version {version!r} in 'tmsim.schema_version' (this tmsim reads {SCHEMA_VERSION!r})")
+    if version not in READABLE_VERSIONS:
+        raise TraceError(f"{path}: unknown schema version {version!r} in 'tmsim.schema_version' "
+                         f"(this tmsim reads {', '.join(READABLE_VERSIONS)})")
     if md.get("tmsim.table") != kind:
         raise TraceError(f"{path}: field 'tmsim.table' is {md.get('tmsim.table')!r}, expected {kind!r}")
     schema = SCHEMAS[kind]
+    added = V2_ADDED[kind] if version == "1" else {}
     for f in schema:
         idx = have.get_field_index(f.name)
+        if idx < 0 and f.name in added:
+            continue
         if idx < 0:
             raise TraceError(f"{path}: missing column {f.name!r} ({f.type})")
         if not have.field(idx).type.equals(f.type):
             raise TraceError(f"{path}: column {f.name!r} has type {have.field(idx).type}, expected {f.type}")
     try:
-        table = pf.read(columns=schema.names)
+        table = pf.read(columns=[n for n in schema.names if have.get_field_index(n) >= 0])
     except Exception as exc:
         raise TraceError(f"{path}: data cannot be decoded ({type(exc).__name__}: {_one_line(exc)})") from None
+    if added:  # a version-1 file: the columns added since, with the values they stand for
+        n = table.num_rows
+        cols = [table.column(f.name) if f.name not in added else pa.array([added[f.name]] * n, f.type) for f in schema]
+        table = pa.Table.from_arrays(cols, schema=schema)
     check_values(table, kind, str(path))
     return table.replace_schema_metadata(None)
 

@@ -17,6 +17,7 @@ Example
 """
 from __future__ import annotations
 
+import re
 from collections import defaultdict
 from typing import Iterator
 
@@ -26,6 +27,16 @@ from ..core.snapshot import EpochView
 from .format import Library
 
 ROW_FIELDS = list(EpochView._fields) + ["diverged"]
+
+
+_REPLICATE = re.compile(r":r\d+(?=\+|$)")
+
+
+def path_of(run_id: str) -> str:
+    """A run's *path*: its run id without the replicate (``digits-mlp:overfit:s0:r2+e5:lr_down`` ->
+    ``digits-mlp:overfit:s0+e5:lr_down``). Replicates of one tree share their paths; the truth of a path is the
+    distribution of its replicates' outcomes."""
+    return _REPLICATE.sub("", run_id, count=1)
 
 
 class TreeIndex:
@@ -45,16 +56,21 @@ class TreeIndex:
 
         self.library = library
         with TraceDB(library) as db:
-            runs = db.sql("""select run_id, parent_run_id, root_run_id, task, scenario, seed, branch_epoch, branch_action,
+            runs = db.sql("""select run_id, parent_run_id, root_run_id, task, scenario, seed, replicate, branch_epoch, branch_action,
                                     status, end_epoch, max_epochs, decide_every, source, init_lr, init_weight_decay,
                                     init_dropout, init_aux_loss_weight from runs""").to_pylist()
             own = db.sql(f"select run_id, {', '.join(ROW_FIELDS)}, wall_time_s from epochs order by run_id, epoch")
         self.meta: dict[str, dict] = {}
         self.children: dict[str, dict[tuple[int, str], str]] = defaultdict(dict)
+        #: path (a run id without its replicate) -> the run ids of that path, one per replicate that holds it
+        self.by_path: dict[str, list[str]] = defaultdict(list)
         for r in runs:
             r["hp_init"] = Hyperparams.from_row(r, prefix="init_")
             r["n_losses"] = 2 if r["init_aux_loss_weight"] is not None else 1
+            r["path"] = path_of(r["run_id"])
+            r["group"] = (r["task"], r["scenario"], r["seed"])
             self.meta[r["run_id"]] = r
+            self.by_path[r["path"]].append(r["run_id"])
             if r["parent_run_id"] is not None:
                 self.children[r["parent_run_id"]][(r["branch_epoch"], r["branch_action"])] = r["run_id"]
         self.own: dict[str, dict[int, dict]] = defaultdict(dict)
@@ -82,6 +98,11 @@ class TreeIndex:
         """The hyperparameters in force during ``epoch`` of run ``rid`` (None when it has no such epoch)."""
         r = self[rid].get(epoch)
         return None if r is None else Hyperparams.from_row(r)
+
+    def expected_final_val_loss(self, path: str) -> float:
+        """The mean over the replicates that hold ``path`` of their final validation loss (the outcome rule)."""
+        rids = self.by_path[path]
+        return sum(self.final_val_loss(r) for r in rids) / len(rids)
 
     def final_val_loss(self, rid: str) -> float:
         """The recorded final validation loss (diverged: the divergence penalty)."""

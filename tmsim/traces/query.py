@@ -39,6 +39,7 @@ from typing import TextIO
 import duckdb
 import pyarrow as pa
 
+from ..core.outcome import DIVERGE_FACTOR
 from .format import Library, load_library
 
 #: Statement types a query may be (after parsing); EXPLAIN only of a statement that is itself a SELECT.
@@ -63,15 +64,18 @@ FROM chain c JOIN epochs e ON e.run_id = c.member_id AND e.epoch <= c.upto
 """
 
 #: One row per run: where its lineage ends and how. ``final_val_loss`` is null for a diverged run.
-FINALS_SQL = """
+FINALS_SQL = f"""
 CREATE VIEW finals AS
 WITH last AS (
-    SELECT lineage_run_id AS run_id, max(epoch) AS final_epoch, min(val_loss) AS best_val_loss
+    SELECT lineage_run_id AS run_id, max(epoch) AS final_epoch, min(val_loss) AS best_val_loss,
+           arg_min(val_loss, epoch) AS initial_val_loss
     FROM lineage GROUP BY 1
 )
-SELECT r.run_id, r.root_run_id, r.task, r.scenario, r.seed, r.depth, r.branch_action, r.status,
-       l.final_epoch, l.best_val_loss,
-       CASE WHEN r.status = 'diverged' THEN NULL ELSE e.val_loss END AS final_val_loss
+SELECT r.run_id, r.root_run_id, r.task, r.scenario, r.seed, r.replicate,
+       regexp_replace(r.run_id, ':r[0-9]+', '') AS path,
+       r.depth, r.branch_action, r.status, l.final_epoch, l.best_val_loss,
+       CASE WHEN r.status = 'diverged' THEN NULL ELSE e.val_loss END AS final_val_loss,
+       CASE WHEN r.status = 'diverged' THEN {DIVERGE_FACTOR!r} * l.initial_val_loss ELSE e.val_loss END AS scored_val_loss
 FROM runs r
 JOIN last l USING (run_id)
 JOIN lineage e ON e.lineage_run_id = r.run_id AND e.epoch = l.final_epoch

@@ -1,0 +1,109 @@
+"""``diabetes-mlp``: an MLP regressor on scikit-learn's bundled diabetes data, trained with AdamW.
+
+Data: 442 patients, 10 baseline features, a disease-progression target one year later. The split is fixed (a
+seed-0 permutation): 100 validation rows, 100 test rows, and the first ``n_train`` of the remaining 242 rows for
+training. Features and target are standardised with the mean and standard deviation of the training rows only, so
+no statistic leaks from validation or test, and a model that predicts the training mean scores a validation MSE
+near 1.
+
+Model: ReLU MLP with ``nn.Dropout`` after every hidden layer (dropout is a live knob). Loss: MSE on the
+standardised target; ``val_loss`` is that MSE and there is no accuracy (``val_acc`` is ``None``). Optimizer:
+``torch.optim.AdamW`` with the run's weight decay (decoupled) and the member's ``betas``.
+
+Scenarios (each a family; every seed draws its own member):
+
+- ``overfit``: a wide MLP on 40-60 rows: the noisy target is memorised within a few epochs and validation MSE climbs.
+  The recipe already carries a sizeable decoupled weight decay (0.5-1.0), because AdamW shrinks weights by
+  ``lr * weight_decay`` per step and a small value does nothing at these LRs; raising it tenfold at a decision epoch
+  is the intervention that helps most reliably (stopping early helps too; a lower LR or more dropout only a little).
+- ``diverge``: an AdamW LR far too high, with no warm-up: the loss jumps about and some runs blow up; raising the LR
+  blows up or badly hurts most runs, lowering it helps somewhat (the target's noise floor caps the gain).
+- ``plateau``: an AdamW LR far too low: validation MSE creeps down and the run ends under-trained; raising the LR
+  helps (halfway between the initial MSE and the noise floor, a doubled LR cannot gain more than about 20%).
+- ``healthy``: a small, regularised MLP with a sensible LR: leave it alone (no action gains more than a few percent).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Hyperparams, Scenario, TorchTask
+from .digits import mlp
+
+_VAL, _TEST = 100, 100
+
+
+def regression_split(x: torch.Tensor, y: torch.Tensor, n_val: int, n_test: int, n_train: int
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Split rows by a fixed seed-0 permutation into val, test and the first ``n_train`` of the rest, then
+    standardise features and target (a column vector) with statistics of the training rows only."""
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm].reshape(-1, 1)
+    if not 0 < n_train <= len(x) - n_val - n_test:
+        raise ValueError(f"n_train must be in 1..{len(x) - n_val - n_test}, got {n_train}")
+    parts = {"val": slice(0, n_val), "test": slice(n_val, n_val + n_test),
+             "train": slice(n_val + n_test, n_val + n_test + n_train)}
+    xt, yt = x[parts["train"]], y[parts["train"]]
+    x_mu, x_sd = xt.mean(0), xt.std(0).clamp_min(1e-6)
+    y_mu, y_sd = yt.mean(0), yt.std(0).clamp_min(1e-6)
+    return {k: ((x[s] - x_mu) / x_sd, (y[s] - y_mu) / y_sd) for k, s in parts.items()}
+
+
+class DiabetesMLP(TorchTask):
+    name = "diabetes-mlp"
+    losses = ("mse",)
+    model_descriptor = "MLP regressor (ReLU, dropout), AdamW"
+    dataset_descriptor = "sklearn diabetes (442 x 10), standardised, fixed split"
+
+    SCENARIOS = {
+        s.name: s
+        for s in [
+            Scenario("overfit", Hyperparams(lr=4e-3, weight_decay=0.7), 20, 5,
+                     "wide MLP on 50 rows, AdamW lr 4e-3: the noisy target is memorised and validation MSE climbs",
+                     {"hidden": [512, 512], "n_train": 50, "batch_size": 8, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 3e-3, 5e-3), "weight_decay": ("log", 0.5, 1.0),
+                      "hidden": ("choice", [[384, 384], [512, 512], [512, 256]]), "n_train": ("int", 40, 60),
+                      "batch_size": ("choice", [8, 10]), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}),
+            Scenario("diverge", Hyperparams(lr=0.07), 20, 5,
+                     "AdamW LR far too high: the loss jumps about, some runs blow up, the rest end noisy",
+                     {"hidden": [128, 128], "n_train": 242, "batch_size": 16, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 0.05, 0.09), "hidden": ("choice", [[128, 128], [192, 96], [256]]),
+                      "n_train": ("int", 200, 242), "batch_size": ("choice", [12, 16]),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+            Scenario("plateau", Hyperparams(lr=3.5e-5), 20, 5,
+                     "AdamW LR far too low: validation MSE creeps down and the run ends under-trained",
+                     {"hidden": [64, 64], "n_train": 242, "batch_size": 16, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 2.5e-5, 5e-5), "hidden": ("choice", [[64, 64], [96, 48], [48, 48]]),
+                      "n_train": ("int", 200, 242), "batch_size": ("choice", [12, 16]),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+            Scenario("healthy", Hyperparams(lr=3e-3, weight_decay=0.05, dropout=0.1), 20, 5,
+                     "a small regularised MLP with a sensible AdamW LR: the best move is to leave it alone",
+                     {"hidden": [32], "n_train": 242, "batch_size": 16, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 2e-3, 4.5e-3), "weight_decay": ("log", 0.02, 0.1), "dropout": ("uniform", 0.05, 0.15),
+                      "hidden": ("choice", [[24], [32], [48]]), "n_train": ("int", 200, 242),
+                      "batch_size": ("choice", [12, 16]), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+        ]
+    }
+
+    def data(self, scenario: Scenario):
+        from sklearn.datasets import load_diabetes
+
+        d = load_diabetes()
+        x = torch.tensor(d.data, dtype=torch.float32)
+        y = torch.tensor(d.target, dtype=torch.float32)
+        return regression_split(x, y, _VAL, _TEST, scenario.settings["n_train"])
+
+    def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
+        return mlp([10, *scenario.settings["hidden"], 1], hp.dropout)
+
+    def make_optimizer(self, model, scenario, hp):
+        # Decoupled weight decay: the weight_decay knob shrinks weights by lr * wd per step, whatever the gradient.
+        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                 betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
+
+    def batch_loss(self, model, xb, yb, hp):
+        return F.mse_loss(model(xb), yb)
+
+    def evaluate_split(self, model, x, y, hp):
+        return float(F.mse_loss(model(x), y)), None
