@@ -347,6 +347,21 @@ def _format_live(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import json
+
+    from .evaluate.verify import format_report, verify
+
+    say = (lambda *a: None) if args.quiet else (lambda m: print(f"tmsim: {m}", file=sys.stderr))
+    report = verify(args.traces, sample=args.sample, seed=args.seed, alpha=args.alpha, workers=args.workers,
+                    tasks=args.task.split(",") if args.task else None, progress=say)
+    print(format_report(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    return 0 if report["passed"] else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tmsim", description="Record, simulate, score and gate LLM training managers.")
     sub = p.add_subparsers(dest="command", required=True)
@@ -439,6 +454,17 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--trees", type=int, default=80, help="trees per forest")
     sf.add_argument("--seed", type=int, default=0)
     sf.set_defaults(func=_cmd_surrogate_fit)
+
+    vf = sub.add_parser("verify", help="re-record a sample of roots here and test them against the library's replicates")
+    vf.add_argument("--traces", type=Path, default=None)
+    vf.add_argument("--sample", type=int, default=6, help="roots to re-record (spread over the tasks)")
+    vf.add_argument("--task", default=None, help="only roots of these tasks (comma-separated)")
+    vf.add_argument("--seed", type=int, default=0, help="which roots are drawn, and the permutations")
+    vf.add_argument("--alpha", type=float, default=0.01, help="false-alarm rate of the test (default 0.01)")
+    vf.add_argument("--workers", type=int, default=2)
+    vf.add_argument("--json", type=Path, default=None)
+    vf.add_argument("--quiet", action="store_true")
+    vf.set_defaults(func=_cmd_verify)
 
     fd = sub.add_parser("fidelity", help="measure how far the simulator can be trusted, on held-out recordings")
     fd.add_argument("--traces", type=Path, default=None)

@@ -96,10 +96,12 @@ class TreeSpec:
     budget: int | None = None
     menu: tuple[str, ...] | None = None
     replicates: int = 1
+    first_replicate: int = 0  # record replicates first_replicate .. first_replicate + replicates - 1 (tmsim verify)
 
     def __post_init__(self) -> None:
         _check_whole("--depth", self.depth, 0)
         _check_whole("--replicates", self.replicates, 1)
+        _check_whole("first_replicate", self.first_replicate, 0)
         _check_whole("--seeds", self.seed, 0)
         if self.decide_every is not None:
             _check_whole("--decide-every", self.decide_every, 1)
@@ -113,7 +115,7 @@ class TreeSpec:
         sc = task.scenario(self.scenario)
         menu = self.menu or record_menu(len(task.losses))
         return TreeSpec(self.task, self.scenario, self.seed, self.depth, self.decide_every or sc.decide_every, self.budget,
-                        tuple(menu), self.replicates)
+                        tuple(menu), self.replicates, self.first_replicate)
 
     @property
     def stem(self) -> str:
@@ -121,7 +123,10 @@ class TreeSpec:
 
     def recipe(self) -> str:
         """The canonical description stored in each file's metadata (resume compares it)."""
-        return dumps({**asdict(self.resolved()), "recorder": RECORDER_VERSION})
+        d = asdict(self.resolved())
+        if not d["first_replicate"]:
+            del d["first_replicate"]
+        return dumps({**d, "recorder": RECORDER_VERSION})
 
     def noise_seed(self, replicate: int) -> int:
         """The post-fork noise seed of ``replicate`` (a function of the tree's identity only)."""
@@ -143,7 +148,7 @@ def _check_whole(option: str, value, low: int) -> None:
 
 def run_id(spec: TreeSpec, branch: Branch, replicate: int = 0) -> str:
     """``task:scenario:s<seed>[:r<replicate>]+e<epoch>:<action>...`` (the replicate only when there are several)."""
-    rep = f":r{replicate}" if spec.replicates > 1 else ""
+    rep = f":r{replicate}" if spec.replicates > 1 or spec.first_replicate else ""
     return f"{spec.task}:{spec.scenario}:s{spec.seed}{rep}" + "".join(f"+e{e}:{a}" for e, a in branch)
 
 
@@ -236,7 +241,7 @@ def record_tree(spec: TreeSpec, progress: Callable[[str, int], None] | None = No
         _epoch_row(pre, spec, (), state, initial, None, 0.0, diverged=False)
         diverged = _train_epochs(task, spec, state, fork, initial["val_loss"], pre, progress)
         blob = None if diverged else task.save(state)
-        for r in range(spec.replicates):
+        for r in range(spec.first_replicate, spec.first_replicate + spec.replicates):
             for row in zip(*pre.cols.values()):
                 epochs.add(**{**dict(zip(pre.cols, row)), "run_id": run_id(spec, (), r)})
             if blob is None:  # diverged before the fork: the root ends there, nothing is branched

@@ -1,13 +1,23 @@
 """The offline leaderboard: every candidate policy scored on the trace library through the simulator.
 
-Per policy, over the roots a suite selects (each root: one recorded run, rolled out by the policy):
+A *root* is one recorded tree (task, scenario, seed); a library recorded with replicates holds each root several
+times, differing only in post-fork noise, and the simulator rolls a policy out on every replicate. Scores are on
+expectations: a root's figure is the mean over its replicates, then summarised over roots. Per policy:
 
-- ``val_loss_change_pct``: median over roots of ``100 * (final / final_constant - 1)``, the constant policy's final
-  on the same root as reference (negative = better than doing nothing), with a bootstrap 95% interval over roots;
-  ``best_val_loss_change_pct`` the same for the best validation loss along the run;
-- ``regret``: mean over roots of ``(policy - oracle) / (constant - oracle)`` on final validation loss (0 = as good
-  as the oracle's best recorded branch, 1 = no better than doing nothing), roots where the two coincide left out;
-- ``unsafe_rate``: share of rollouts that diverge or end more than ``unsafe_threshold`` worse than doing nothing;
+- ``val_loss_change_pct``: median over roots of the expected ``100 * (final / final_constant - 1)`` (the constant
+  policy on the same replicate as reference; negative = better than doing nothing), with a 95% interval from a
+  two-level bootstrap (roots, then each root's replicates), so recording noise is inside it;
+  ``val_loss_change_mean_pct`` the mean (a tie-break); ``best_val_loss_change_pct`` the same for the best validation
+  loss along the run;
+- ``regret`` and ``regret_ratio_of_sums``: with each root's expected finals relative to the constant's
+  (``p = policy / constant``, ``o = oracle / constant``), the median over roots of ``(p - o) / (1 - o)`` and the ratio
+  ``sum(p - o) / sum(1 - o)`` (0 = as good as the oracle's best recorded path, 1 = no better than doing nothing),
+  roots where the oracle gains nothing left out; never a mean of ratios, which one root can dominate;
+- ``unsafe_rate``: the expected share of a root's replicates that diverge or end more than ``unsafe_threshold``
+  worse than doing nothing, averaged over roots; runs that diverged before the policy's first decision are left out
+  (the policy had no say); ``diverged_rate`` the same for divergence alone;
+- ``acted_share``: the share of roots where the policy changed something (in any replicate), and
+  ``acted_change_pct`` its median expected change on those roots (a policy that rarely acts reads 0 overall);
 - violations per 100 decisions (by kind), fallback rate, interventions per run, epochs saved by stopping, decision
   latency p50/p95, and the share of epochs replayed (the rest came from the surrogate);
 - the same effectiveness and safety figures per scenario.
@@ -27,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.actions import Bounds
 from ..core.config import load_toml_model
-from ..policies.protocol import is_upper_bound, model_stats
+from ..policies.protocol import is_upper_bound, model_stats, trained_on
 from ..simulate.simulator import Rollout, Simulator, summarize_rollouts
 from ..traces.index import TreeIndex
 
@@ -63,17 +73,36 @@ def load_suite(path: str | Path) -> Suite:
 
 def boot_median(x: np.ndarray, seed: int = 0) -> tuple[float, float]:
     """95% percentile-bootstrap interval of the median of ``x`` (vectorised resampling)."""
-    if len(x) < 2:
-        return (float(x[0]), float(x[0])) if len(x) else (math.nan, math.nan)
+    return hier_boot_median([np.atleast_1d(v) for v in np.asarray(x, float)], seed)
+
+
+def hier_boot_median(groups: list[np.ndarray], seed: int = 0) -> tuple[float, float]:
+    """95% interval of the median over groups of each group's mean, by a two-level bootstrap: resample the groups
+    (roots), then each drawn group's values (its replicates), so recording noise is inside the interval."""
+    groups = [np.asarray(g, float) for g in groups if len(g)]
+    if not groups:
+        return math.nan, math.nan
+    if len(groups) == 1 and len(groups[0]) == 1:
+        return float(groups[0][0]), float(groups[0][0])
+    n = np.array([len(g) for g in groups])
+    m = np.full((len(groups), n.max()), np.nan)
+    for i, g in enumerate(groups):
+        m[i, : len(g)] = g
     rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(x), size=(N_BOOT, len(x)))
-    meds = np.median(x[idx], axis=1)
+    gi = rng.integers(0, len(groups), size=(N_BOOT, len(groups)))          # roots
+    size = n[gi]                                                            # each drawn root's replicate count
+    cols = np.arange(n.max())
+    ri = (rng.random((N_BOOT, len(groups), n.max())) * size[..., None]).astype(int)  # its replicates, resampled
+    vals = np.where(cols < size[..., None], m[gi[..., None], ri], np.nan)
+    meds = np.median(np.nanmean(vals, axis=2), axis=1)
     lo, hi = np.percentile(meds, [2.5, 97.5])
     return float(lo), float(hi)
 
 
 @dataclass
 class PolicyScore:
+    """One policy's scores on a suite (see the module docs for every figure)."""
+
     policy: str
     upper_bound: bool
     roots: int
@@ -98,49 +127,93 @@ class PolicyScore:
     per_scenario: dict[str, dict[str, float]] = field(default_factory=dict)
     model_fallback_rate: float | None = None  # decisions a model policy answered with its rules fallback
     failed: str | None = None  # why the policy could not be scored (its process died or hung); None when scored
+    rollouts: int = 0  # roots x replicates
+    val_loss_change_mean_pct: float = 0.0
+    regret_ratio_of_sums: float | None = None
+    acted_share: float = 0.0
+    acted_change_pct: float | None = None
+    trained_roots: int = 0  # roots of this suite the policy was trained or tuned on (its spec's ``trained_on``)
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
 
 
+def _by_root(rollouts: list[Rollout]) -> list[np.ndarray]:
+    """Indices of ``rollouts`` grouped by recorded root (task, scenario, seed): one group holds its replicates."""
+    groups: dict[tuple, list[int]] = {}
+    for i, o in enumerate(rollouts):
+        groups.setdefault((o.task, o.scenario, o.seed), []).append(i)
+    return [np.array(v) for _, v in sorted(groups.items())]
+
+
+def _group_mean(x: np.ndarray, groups: list[np.ndarray]) -> np.ndarray:
+    """Per group, the mean of ``x`` over the group's finite values (NaN when none)."""
+    out = np.full(len(groups), np.nan)
+    for i, g in enumerate(groups):
+        v = x[g][np.isfinite(x[g])]
+        if len(v):
+            out[i] = v.mean()
+    return out
+
+
 def score_policy(policy_id: str, rollouts: list[Rollout], constant: dict[str, Rollout], oracle: dict[str, Rollout] | None,
                  gate: Gate, upper_bound: bool = False) -> PolicyScore:
+    """Score one policy on expectations: every figure is first averaged over a root's replicates, then summarised
+    over roots (median, with a two-level bootstrap interval)."""
     roots = [o.root for o in rollouts]
+    groups = _by_root(rollouts)
     fin = np.array([o.final_val_loss for o in rollouts])
     base = np.array([constant[r].final_val_loss for r in roots])
     best = np.array([o.best_val_loss for o in rollouts])
     base_best = np.array([constant[r].best_val_loss for r in roots])
     change = 100 * (fin / base - 1)
     change_best = 100 * (best / base_best - 1)
-    unsafe = np.array([o.diverged or c > 100 * gate.unsafe_threshold for o, c in zip(rollouts, change)])
-    regret = None
+    expected = _group_mean(change, groups)
+    # A run that diverged before the policy's first decision is not the policy's doing: left out of safety figures.
+    decided = np.array([bool(o.decisions) for o in rollouts])
+    unsafe = np.where(decided, [o.diverged or c > 100 * gate.unsafe_threshold for o, c in zip(rollouts, change)], np.nan)
+    diverged = np.where(decided, [o.diverged for o in rollouts], np.nan)
+    unsafe_g, diverged_g = _group_mean(unsafe, groups), _group_mean(diverged, groups)
+    regret = regret_sums = None
     if oracle:
         orc = np.array([oracle[r].final_val_loss for r in roots])
-        denom = base - orc
-        ok = np.abs(denom) > 1e-9 * np.abs(base)
+        e_p, e_c, e_o = (_group_mean(v, groups) for v in (fin, base, orc))
+        gap = 1 - e_o / e_c  # the share of the constant's loss the oracle removes
+        ok = gap > 1e-9
         if ok.any():
-            regret = float(np.mean((fin[ok] - orc[ok]) / denom[ok]))
+            lost = e_p[ok] / e_c[ok] - e_o[ok] / e_c[ok]
+            regret = float(np.median(lost / gap[ok]))
+            regret_sums = float(lost.sum() / gap[ok].sum())
+    acted = np.array([any(rollouts[i].interventions for i in g) for g in groups])
     s = summarize_rollouts(rollouts)
     n_dec = max(s["decisions"], 1)
-    lo, hi = boot_median(change)
-    blo, bhi = boot_median(change_best)
+    lo, hi = hier_boot_median([change[g] for g in groups])
+    blo, bhi = hier_boot_median([change_best[g] for g in groups])
     per = {}
     for sc in sorted({o.scenario for o in rollouts}):
-        m = np.array([o.scenario == sc for o in rollouts])
-        clo, chi = boot_median(change[m])
-        per[sc] = {"roots": int(m.sum()), "val_loss_change_pct": float(np.median(change[m])), "ci_low": clo,
-                   "ci_high": chi, "unsafe_rate": float(unsafe[m].mean())}
+        sel = [i for i, g in enumerate(groups) if rollouts[g[0]].scenario == sc]
+        clo, chi = hier_boot_median([change[groups[i]] for i in sel])
+        per[sc] = {"roots": len(sel), "val_loss_change_pct": float(np.median(expected[sel])), "ci_low": clo,
+                   "ci_high": chi, "unsafe_rate": _nanmean(unsafe_g[sel]), "acted_share": float(acted[sel].mean())}
     return PolicyScore(
-        policy=policy_id, upper_bound=upper_bound, roots=len(roots),
-        val_loss_change_pct=float(np.median(change)), ci_low=lo, ci_high=hi,
-        best_val_loss_change_pct=float(np.median(change_best)), best_ci_low=blo, best_ci_high=bhi,
-        regret=regret, unsafe_rate=float(unsafe.mean()), diverged_rate=float(np.mean([o.diverged for o in rollouts])),
+        policy=policy_id, upper_bound=upper_bound, roots=len(groups), rollouts=len(rollouts),
+        val_loss_change_pct=float(np.median(expected)), ci_low=lo, ci_high=hi,
+        val_loss_change_mean_pct=float(np.mean(expected)),
+        best_val_loss_change_pct=float(np.median(_group_mean(change_best, groups))), best_ci_low=blo, best_ci_high=bhi,
+        regret=regret, regret_ratio_of_sums=regret_sums, unsafe_rate=_nanmean(unsafe_g),
+        diverged_rate=_nanmean(diverged_g), acted_share=float(acted.mean()),
+        acted_change_pct=float(np.median(expected[acted])) if acted.any() else None,
         violations_per_100=100 * sum(s["violations"].values()) / n_dec, violations_by_kind=s["violations"],
         fatal_violations=sum(v for k, v in s["violations"].items() if k in gate.fatal_violations),
         fallback_rate=s["fallback_rate"], interventions_per_run=float(np.mean([o.interventions for o in rollouts])),
         epochs_saved_per_run=float(np.mean([o.epochs_saved for o in rollouts])), latency_ms_p50=s["latency_ms_p50"],
         latency_ms_p95=s["latency_ms_p95"], replayed_share=s["replayed_share"], per_scenario=per,
     )
+
+
+def _nanmean(x: np.ndarray) -> float:
+    x = np.asarray(x, float)
+    return float(np.nanmean(x)) if np.isfinite(x).any() else 0.0
 
 
 @dataclass
@@ -158,8 +231,10 @@ class LeaderboardResult:
         return {s.policy: s.failed for s in self.scores if s.failed}
 
     def ranked(self) -> list[PolicyScore]:
-        """Best first: the oracle (an upper bound) on top, then by median val-loss change, then by unsafe rate."""
-        return sorted(self.scores, key=lambda s: (not s.upper_bound, s.val_loss_change_pct, s.unsafe_rate))
+        """Best first: the oracle (an upper bound) on top, then by median val-loss change, the mean change (so a
+        policy that rarely acts is not ranked by a tie at zero alone), then the unsafe rate."""
+        return sorted(self.scores, key=lambda s: (not s.upper_bound, s.val_loss_change_pct, s.val_loss_change_mean_pct,
+                                                  s.unsafe_rate))
 
     def to_json(self) -> list[dict]:
         return [s.to_dict() for s in self.ranked()]
@@ -287,6 +362,10 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
               for pid, outs in rollouts.items()]
     for s in scores:
         s.failed = failed.get(s.policy)
+        seeds = (trained_on(by_id[s.policy]) or {}).get("seeds")
+        if seeds in ("even", "odd"):
+            parity = 0 if seeds == "even" else 1
+            s.trained_roots = len({(o.task, o.scenario, o.seed) for o in rollouts[s.policy] if o.seed % 2 == parity})
         stats = model_stats(by_id[s.policy])
         if stats and stats.get("decisions"):
             s.model_fallback_rate = stats["fallbacks"] / stats["decisions"]
@@ -299,17 +378,25 @@ def _ci(s: PolicyScore) -> str:
 
 def format_table(result: LeaderboardResult) -> str:
     """The terminal table, best first, with bootstrap intervals."""
-    head = (f"{'#':>2}  {'policy':<22}{'val loss vs constant (95% CI)':<33}{'regret':>7}{'unsafe':>8}{'viol/100':>9}"
-            f"{'fallback':>9}{'interv':>7}{'replayed':>9}{'p50 ms':>8}")
-    lines = [f"leaderboard: suite {result.suite.name}, {len(result.roots)} roots "
-             f"(median change of final val loss vs doing nothing; negative is better)", head, "-" * len(head)]
+    head = (f"{'#':>2}  {'policy':<22}{'val loss vs constant (95% CI)':<33}{'acted (change)':>16}{'regret':>7}"
+            f"{'unsafe':>8}{'viol/100':>9}{'fallback':>9}{'interv':>7}{'replayed':>9}{'p50 ms':>8}")
+    n_roots = len({(o.task, o.scenario, o.seed) for o in next(iter(result.rollouts.values()))}) if result.rollouts else 0
+    lines = [f"leaderboard: suite {result.suite.name}, {n_roots} roots x replicates = {len(result.roots)} rollouts "
+             f"(median over roots of the expected change of final val loss vs doing nothing; negative is better)",
+             head, "-" * len(head)]
     for i, s in enumerate(result.ranked(), 1):
-        name = s.policy + (" (upper bound)" if s.upper_bound else " (FAILED)" if s.failed else "")
+        name = s.policy + (" (upper bound)" if s.upper_bound else " (FAILED)" if s.failed else
+                           " *" if s.trained_roots else "")
         reg = "   n/a" if s.regret is None else f"{s.regret:7.2f}"
-        lines.append(f"{i:>2}  {name:<22}{_ci(s):<33}{reg:>7}{s.unsafe_rate:8.1%}{s.violations_per_100:9.1f}"
+        acted = f"{s.acted_share:4.0%}" + (f" ({s.acted_change_pct:+6.1f}%)" if s.acted_change_pct is not None else " " * 10)
+        lines.append(f"{i:>2}  {name:<22}{_ci(s):<33}{acted:>16}{reg:>7}{s.unsafe_rate:8.1%}{s.violations_per_100:9.1f}"
                      f"{s.fallback_rate:9.1%}{s.interventions_per_run:7.2f}{s.replayed_share:9.1%}{s.latency_ms_p50:8.3f}")
     for pid, why in result.failed.items():
         lines.append(f"    FAILED {pid}: {why}; its decisions after that fell back to continue, so its row is not a score")
+    for s in result.ranked():
+        if s.trained_roots:
+            lines.append(f"    * {s.policy} is scored on {s.trained_roots} of {s.roots} roots it was trained on "
+                         f"(score it on held-out seeds: --suite eval/suites/heldout.toml)")
     scen = sorted({sc for s in result.scores for sc in s.per_scenario})
     lines += ["", "per scenario: median val-loss change % (unsafe rate)",
               f"{'policy':<22}" + "".join(f"{sc:>20}" for sc in scen)]
@@ -324,15 +411,18 @@ def format_table(result: LeaderboardResult) -> str:
 
 def format_markdown(result: LeaderboardResult) -> str:
     lines = [f"# Leaderboard: suite `{result.suite.name}`", "",
-             f"{len(result.roots)} roots; library `{result.library_hash[:12]}`; surrogate `{result.surrogate_id[:12]}`. "
-             "Median change of final validation loss vs the `constant` policy on the same root (negative is better), "
-             "bootstrap 95% interval over roots. The oracle reads the recorded answers: an upper bound, not a policy.", "",
-             "| # | policy | val loss change | 95% CI | best val loss change | regret | unsafe | violations/100 | fallback | interventions/run | epochs saved/run | latency p50 / p95 ms | replayed |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"{result.scores[0].roots if result.scores else 0} roots, {len(result.roots)} rollouts (roots x replicates); "
+             f"library `{result.library_hash[:12]}`; surrogate `{result.surrogate_id[:12]}`. "
+             "Median over roots of the expected change of final validation loss vs the `constant` policy on the same "
+             "replicate (negative is better); 95% interval from a two-level bootstrap (roots, then replicates). Regret: "
+             "median over roots / ratio of sums. The oracle reads the recorded answers: an upper bound, not a policy.", "",
+             "| # | policy | val loss change | 95% CI | acted on (change there) | best val loss change | regret (median / sums) | unsafe | violations/100 | fallback | interventions/run | epochs saved/run | latency p50 / p95 ms | replayed |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(result.ranked(), 1):
-        reg = "n/a" if s.regret is None else f"{s.regret:.2f}"
+        reg = "n/a" if s.regret is None else f"{s.regret:.2f} / {s.regret_ratio_of_sums:.2f}"
+        acted = f"{s.acted_share:.0%}" + (f" ({s.acted_change_pct:+.1f}%)" if s.acted_change_pct is not None else "")
         lines.append(f"| {i} | {s.policy}{' (upper bound)' if s.upper_bound else ''} | {s.val_loss_change_pct:+.1f}% | "
-                     f"[{s.ci_low:+.1f}, {s.ci_high:+.1f}] | {s.best_val_loss_change_pct:+.1f}% | {reg} | {s.unsafe_rate:.1%} | "
+                     f"[{s.ci_low:+.1f}, {s.ci_high:+.1f}] | {acted} | {s.best_val_loss_change_pct:+.1f}% | {reg} | {s.unsafe_rate:.1%} | "
                      f"{s.violations_per_100:.1f} | {s.fallback_rate:.1%} | {s.interventions_per_run:.2f} | "
                      f"{s.epochs_saved_per_run:.2f} | {s.latency_ms_p50:.3f} / {s.latency_ms_p95:.3f} | {s.replayed_share:.1%} |")
     scen = sorted({sc for s in result.scores for sc in s.per_scenario})

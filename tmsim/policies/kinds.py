@@ -25,6 +25,7 @@ KINDS = Registry("policy kind", "tmsim.policies")
 for _kind, _ref in (("constant", "tmsim.policies.baselines:ConstantPolicy"), ("rules", "tmsim.policies.baselines:RulesPolicy"),
                     ("plateau", "tmsim.policies.baselines:PlateauPolicy"), ("random", "tmsim.policies.baselines:RandomPolicy"),
                     ("sequence", "tmsim.policies.baselines:SequencePolicy"), ("oracle", "tmsim.policies.oracle:OraclePolicy"),
+                    ("lookup", "tmsim.policies.lookup:LookupPolicy"),
                     ("qwen", "tmsim.policies.llm.policy:QwenPolicy")):
     KINDS.register(_kind, _ref)
 
@@ -43,7 +44,7 @@ def kind_names() -> list[str]:
 
 
 #: The kinds tmsim ships; any other kind (``python``, plugins) is untrusted code and runs in its own process.
-BUILTIN_KINDS = frozenset({"constant", "rules", "plateau", "random", "sequence", "oracle", "qwen"})
+BUILTIN_KINDS = frozenset({"constant", "rules", "plateau", "random", "sequence", "oracle", "lookup", "qwen"})
 
 
 def make_policy(spec: PolicySpec, library=None, isolate: bool | None = None) -> Policy:
@@ -78,6 +79,8 @@ def make_policy(spec: PolicySpec, library=None, isolate: bool | None = None) -> 
         raise ValueError(f"{where}: field 'settings': {exc}") from None
     pol.policy_id = spec.name
     pol.version = spec.version
+    if spec.trained_on is not None:
+        pol.trained_on = dict(spec.trained_on)
     if not isinstance(pol, Policy):
         raise ValueError(f"{where}: {type(pol).__name__} has no decide(snapshot) method")
     _remember(pol, spec)

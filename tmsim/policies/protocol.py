@@ -6,6 +6,9 @@ declared here, with the default the harness assumes when it is absent:
 - ``is_upper_bound: bool``: the policy reads recorded answers (the oracle) and is reported as a bound, never
   promoted; default ``False``.
 - ``stats: dict``: counters a model policy keeps (``decisions``, ``fallbacks``); default none.
+- ``trained_on: dict``: what the policy was trained or tuned on (``{"seeds": "even"}``), so a leaderboard can say on
+  how many of its roots the policy is scored on its own training data; default none (set from a spec's
+  ``trained_on``).
 
 Factories (the callables a policy kind names) may declare two class attributes: ``needs_library = True`` to be
 given the trace library's ``TreeIndex`` as ``library=``, and ``path_settings = ("model", ...)``: settings that are
@@ -46,6 +49,12 @@ def decide_batch(policy: Policy, snapshots: list[Snapshot]) -> list[Any]:
 def is_upper_bound(policy: Any) -> bool:
     """Whether the policy reads recorded answers (reported as an upper bound, never promoted)."""
     return bool(getattr(policy, "is_upper_bound", False))
+
+
+def trained_on(policy: Any) -> dict | None:
+    """What the policy was trained on (``{"seeds": "even" | "odd"}``), or None."""
+    t = getattr(policy, "trained_on", None)
+    return t if isinstance(t, dict) else None
 
 
 def model_stats(policy: Any) -> dict | None:

@@ -35,6 +35,8 @@ class PolicySpec(BaseModel):
     description: str = ""
     target: str | None = None
     settings: dict[str, Any] = Field(default_factory=dict)
+    #: what the policy was trained or tuned on, e.g. ``{seeds = "even"}``: a leaderboard marks the roots it knows
+    trained_on: dict[str, Any] | None = None
     path: Path | None = None
 
     @field_validator("name")
