@@ -55,7 +55,10 @@ def _record(benchmark, index, rollouts):
 
 def test_simulate_rules_cold(benchmark, setup):
     index, surrogate = setup
-    rollouts = benchmark.pedantic(lambda: Simulator(index, surrogate).rollout(RulesPolicy()), rounds=5, iterations=1)
+    from tmsim.core.actions import clear_offered_cache
+
+    rollouts = benchmark.pedantic(lambda: Simulator(index, surrogate).rollout(RulesPolicy()), setup=clear_offered_cache,
+                                  rounds=5, iterations=1)
     _record(benchmark, index, rollouts)
 
 

@@ -338,8 +338,33 @@ def _step_limits(knob: str, old: float, bounds: Bounds) -> tuple[float, float]:
     return lo, hi
 
 
+_OFFERED: dict[tuple, tuple[str, ...]] = {}
+
+
 def offered_actions(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...] = ACTIONS) -> tuple[str, ...]:
-    """The menu actions that the validator would apply as they are (no fallback, no clamp) at this snapshot."""
+    """The menu actions that the validator would apply as they are (no fallback, no clamp) at this snapshot.
+
+    What decides it is few things (the hyperparameters, the losses, whether a stop is allowed yet, whether budget is
+    left, which knobs are cooling down, the bounds): answers are remembered by those, so building many snapshots
+    (a simulator's cold pass) validates each distinct case once."""
+    cooling = tuple(_last_change_epoch(snapshot, k) for k in KNOBS) if bounds.cooldown_epochs else ()
+    key = (snapshot.hparams, snapshot.losses, snapshot.epoch >= bounds.min_stop_epoch, _budget_left(snapshot, bounds) > 0,
+           tuple(snapshot.epoch - c < bounds.cooldown_epochs if c is not None else False for c in cooling),
+           tuple(bounds.__dict__.values()), candidates)
+    hit = _OFFERED.get(key)
+    if hit is None:
+        if len(_OFFERED) > 100_000:
+            _OFFERED.clear()
+        hit = _OFFERED[key] = _offered(snapshot, bounds, candidates)
+    return hit
+
+
+def clear_offered_cache() -> None:
+    """Forget the remembered ``offered_actions`` answers (a benchmark's cold pass starts from nothing)."""
+    _OFFERED.clear()
+
+
+def _offered(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...]) -> tuple[str, ...]:
     out = []
     for a in candidates:
         if a.startswith("aux_") and snapshot.losses < 2:

@@ -22,7 +22,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .actions import Answer, Bounds, PolicyFailure, Proposal, ValidatedAction, offered_actions, parse_proposal
 from .hparams import Hyperparams
-from .snapshot import PastDecision, Snapshot
+from .snapshot import EpochView, PastDecision, Snapshot
 
 #: Longest raw output kept in an audit row (characters).
 RAW_OUTPUT_LIMIT = 2000
@@ -43,14 +43,16 @@ class RunInfo:
 
 def build_snapshot(run: RunInfo, hist: Sequence[Mapping[str, Any]], chain: Mapping[int, str], d: int,
                    bounds: Bounds) -> Snapshot:
-    """The snapshot at decision epoch ``d``: ``hist`` holds the epoch rows up to ``d`` (trace columns; the last one
-    is epoch ``d``), ``chain`` the actions taken at earlier decision epochs ({epoch: action}, absent = continue)."""
+    """The snapshot at decision epoch ``d``: ``hist`` holds the epoch rows up to ``d`` (trace columns, or
+    ``EpochView``s made from them; the last one is epoch ``d``), ``chain`` the actions taken at earlier decision epochs
+    ({epoch: action}, absent = continue)."""
+    hist = [h if isinstance(h, EpochView) else EpochView.from_row(h) for h in hist]
     last = hist[-1]
-    if last["epoch"] != d:
-        raise ValueError(f"{run.run_id}: the history ends at epoch {last['epoch']}, not at the decision epoch {d}")
-    hp = Hyperparams.from_row(last)
+    if last.epoch != d:
+        raise ValueError(f"{run.run_id}: the history ends at epoch {last.epoch}, not at the decision epoch {d}")
+    hp = Hyperparams.from_row(last._asdict())
     every = run.decide_every
-    val = {h["epoch"]: h["val_loss"] for h in hist}
+    val = {h.epoch: h.val_loss for h in hist}
     past = []
     for e in range(every, d, every):
         nxt = min(e + every, d)

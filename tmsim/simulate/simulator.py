@@ -38,6 +38,7 @@ import numpy as np
 from ..core.actions import Bounds, ValidatedAction, validate
 from ..core.decision import RunInfo, build_snapshot, call_policy_batch
 from ..core.hparams import Hyperparams
+from ..core.snapshot import EpochView
 from ..core.outcome import final_val_loss
 from ..traces.format import Library
 from ..traces.index import TreeIndex
@@ -55,6 +56,7 @@ class Rollout:
     policy_id: str
     max_epochs: int = 0
     epochs: list[dict] = field(default_factory=list)
+    views: list = field(default_factory=list)  # the epochs as a policy sees them (EpochView), made once per epoch
     decisions: list[dict] = field(default_factory=list)
     node: str | None = None  # the recorded run the rollout is on (None once off the tree)
     hparams: Hyperparams | None = None
@@ -154,7 +156,7 @@ class Simulator:
         for e in range(0, min(first, m["max_epochs"]) + 1):
             if e not in rows:
                 break
-            o.epochs.append({**rows[e], "source": "replayed"})
+            _push(o, {**rows[e], "source": "replayed"})
             if rows[e]["diverged"]:
                 o.diverged = o.done = True
                 break
@@ -168,7 +170,7 @@ class Simulator:
         if o.node is not None and key in self._snap_cache:
             return self._snap_cache[key]
         run = RunInfo(o.node or f"{o.root}~sim", m["task"], m["decide_every"], m["max_epochs"], m["n_losses"])
-        snap = build_snapshot(run, o.epochs, o.chain, d, self.bounds)
+        snap = build_snapshot(run, o.views, o.chain, d, self.bounds)
         if o.node is not None:
             self._snap_cache[key] = snap
         return snap
@@ -214,7 +216,7 @@ class Simulator:
                     if r is None:  # the recording ends early only when it diverged
                         o.diverged = o.done = True
                         break
-                    o.epochs.append({**r, "source": "replayed"})
+                    _push(o, {**r, "source": "replayed"})
                     if r["diverged"]:
                         o.diverged = o.done = True
                         break
@@ -252,7 +254,7 @@ class Simulator:
             b = base[i]
             hp = o.hparams
             val = b["val_loss"] * math.exp(y[0])
-            o.epochs.append({
+            _push(o, {
                 "epoch": d + k, "train_loss": b["train_loss"] * math.exp(y[1]), "val_loss": val,
                 "train_acc": _clip01(b["train_acc"], y[3]), "val_acc": _clip01(b["val_acc"], y[2]),
                 "grad_norm": None, "update_ratio": None, "lr": hp.lr, "weight_decay": hp.weight_decay,
@@ -276,6 +278,11 @@ class Simulator:
     def _hp_in_force(self, o: Rollout) -> Hyperparams:
         """The hyperparameters of the last epoch trained (before the action just validated)."""
         return Hyperparams.from_row(o.epochs[-1])
+
+
+def _push(o: Rollout, row: dict) -> None:
+    o.epochs.append(row)
+    o.views.append(EpochView.from_row(row))
 
 
 def _clip01(base: float | None, delta: float) -> float | None:
