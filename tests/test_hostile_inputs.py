@@ -1008,14 +1008,6 @@ def test_checking_a_python_policy_live_imports_nothing_of_the_offline_stack(repo
     assert out == {"promotion": "promoted (pyhalve)", "heavy": [], "built": True}
 
 
-def test_the_record_gate_settings_have_the_leaderboards_defaults():
-    from tmsim.evaluate.leaderboard import Gate
-    from tmsim.evaluate.promote import GateSettings
-
-    assert GateSettings().model_dump() == Gate().model_dump()
-    assert GateSettings.model_fields.keys() == Gate.model_fields.keys()
-
-
 def test_write_record_refuses_a_score_that_fails_the_gate(repo, tmp_path):
     from tmsim.evaluate.leaderboard import PolicyScore, load_suite
 

@@ -40,17 +40,13 @@ from ..core.config import load_toml_model
 from ..policies.protocol import is_upper_bound, model_stats, trained_on
 from ..simulate.simulator import Rollout, Simulator, summarize_rollouts
 from ..traces.index import TreeIndex
+from .promote import GateSettings
 
 N_BOOT = 2000
 
 
-class Gate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    max_unsafe_rate: float = Field(0.05, ge=0, le=1)
-    unsafe_threshold: float = Field(0.10, ge=0)
-    fatal_violations: list[str] = Field(default_factory=lambda: ["policy_exception", "timeout", "unparseable",
-                                                                  "empty_output", "unknown_action", "non_finite_value",
-                                                                  "invalid_value"])
+#: A suite's ``[gate]`` table; defined with the promotion records, which check it without the simulator.
+Gate = GateSettings
 
 
 class Suite(BaseModel):

@@ -124,3 +124,32 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+
+
+def oracle_agreement(policy, index, seeds: str | None = "odd", bounds: Bounds | None = None) -> dict:
+    """How often ``policy`` picks the oracle's action (best expected outcome over replicates) at the recorded nodes
+    of the ``seeds`` roots (``"odd"``, ``"even"`` or None for all) where the oracle has alternatives to choose from.
+    Returns ``{"nodes", "agreement", "majority_baseline"}`` (the share a constant answer of the commonest oracle
+    action would get)."""
+    from collections import Counter
+
+    from .oracle import OraclePolicy
+
+    index = index if isinstance(index, TreeIndex) else TreeIndex(index)
+    oracle = OraclePolicy(index)
+    want, got = [], []
+    for snap in decision_points(index, bounds):
+        seed = index.meta[snap.run_id]["seed"]
+        if seeds is not None and seed % 2 != (1 if seeds == "odd" else 0):
+            continue
+        vals = {a: v for a, v in oracle.values(snap.run_id, snap.epoch).items() if a in snap.offered}
+        if len(vals) < 2:
+            continue
+        want.append(min(vals, key=lambda a: (vals[a], a != "continue")))
+        (ans,), _ = call_policy_batch(policy, [snap])
+        act, _ = validate(ans, snap, bounds or Bounds())
+        got.append(act.action)
+    n = len(want)
+    common = Counter(want).most_common(1)[0][1] if n else 0
+    return {"nodes": n, "agreement": sum(a == b for a, b in zip(want, got)) / n if n else 0.0,
+            "majority_baseline": common / n if n else 0.0}
