@@ -78,7 +78,7 @@ class Bounds(BaseModel):
     lr_min: float = Field(1e-6, gt=0)
     lr_max: float = Field(10.0, gt=0)
     weight_decay_min: float = Field(0.0, ge=0)
-    weight_decay_max: float = Field(0.1, ge=0)
+    weight_decay_max: float = Field(10.0, ge=0)
     weight_decay_step: float = Field(5e-4, ge=0)
     dropout_min: float = Field(0.0, ge=0, le=1)
     dropout_max: float = Field(0.5, ge=0, lt=1)

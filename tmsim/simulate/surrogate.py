@@ -134,8 +134,16 @@ class SegmentData:
     div: np.ndarray
 
 
+#: Losses are floored here before log-ratios are taken: a regression run can fit its training rows exactly.
+_LOSS_FLOOR = 1e-8
+
+
+def _log_ratio(a: float, b: float) -> float:
+    return math.log(max(a, _LOSS_FLOOR) / max(b, _LOSS_FLOOR))
+
+
 def _targets(r: dict, base: dict) -> list[float]:
-    return [math.log(r["val_loss"] / base["val_loss"]), math.log(r["train_loss"] / base["train_loss"]),
+    return [_log_ratio(r["val_loss"], base["val_loss"]), _log_ratio(r["train_loss"], base["train_loss"]),
             (r["val_acc"] or 0.0) - (base["val_acc"] or 0.0), (r["train_acc"] or 0.0) - (base["train_acc"] or 0.0)]
 
 
