@@ -43,3 +43,15 @@ def test_overfitting_is_fixable_and_some_branches_diverge(bundled):
     for r in overfit:  # the best recorded path, by its expected outcome over replicates, ends below doing nothing
         assert r["best_over_do_nothing"] < 0.95, r
     assert any(r["diverged_share"] > 0 for r in rows)
+
+
+def test_the_bundled_truth_reproduces_statistically_on_this_machine(bundled, tmp_path):
+    """`tmsim verify` on a small sample of cheap roots: the re-recorded effects (fresh replicates, this machine) are
+    draws from the library's distribution. A permutation test with a 1% false-alarm rate; no single draw asserted."""
+    from tmsim.cli import main
+
+    out = tmp_path / "verify.json"
+    assert main(["verify", "--traces", str(bundled), "--sample", "2", "--task", "diabetes-mlp,friedman-mlp",
+                 "--json", str(out), "--quiet"]) in (0, 1)
+    report = json.loads(out.read_text())
+    assert report["pairs"] >= 6 and report["passed"], report

@@ -329,8 +329,10 @@ def _live_fidelity(lib, index, say) -> dict:
     keep = {"constant", "rules", "rules-gap1.0", "rules-slow0.03", "rules-weight_decay_up", "plateau-p1",
             "seq-lr_down", "seq-lr_down-lr_down-lr_down", "seq-continue-lr_up", "seq-continue-continue-stop"}
     pool = [p for p in policy_pool() if p.policy_id in keep]
-    roots = [r for r in index.roots if index.meta[r]["seed"] == 1 and (index.meta[r]["task"] == "digits-mlp" or
-             (index.meta[r]["task"] == "multiloss" and index.meta[r]["scenario"] in ("overfit", "imbalance")))]
+    # replicate 0 only: a live run keeps its own noise after the fork, which replicate 0 recorded (others reseed)
+    roots = [r for r in index.roots if index.meta[r]["seed"] == 1 and index.meta[r]["replicate"] == 0
+             and (index.meta[r]["task"] == "digits-mlp"
+                  or (index.meta[r]["task"] == "multiloss" and index.meta[r]["scenario"] in ("overfit", "imbalance")))]
     out = {}
     for mode in ("sync", "async"):
         say(f"live re-runs ({mode}): {len(pool)} policies x {len(roots)} roots")

@@ -15,7 +15,7 @@ Example
 >>> state = task.build("healthy", seed=0)
 >>> row = task.train_epoch(state)
 >>> sorted(row)[:3]
-['grad_norm', 'samples_seen', 'step_time_s']
+['grad_norm', 'samples_seen', 'step']
 """
 from __future__ import annotations
 
