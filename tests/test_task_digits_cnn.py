@@ -58,24 +58,6 @@ def test_images_are_one_channel_8x8():
     assert data["val"][0].shape == (400, 1, 8, 8) and data["test"][0].shape == (400, 1, 8, 8)
 
 
-@pytest.mark.parametrize("name", ["overfit", "healthy"])
-def test_save_restore_continues_bit_for_bit(name):
-    task = DigitsCNN()
-    st = task.build(name, seed=2)
-    task.apply(st, st.hparams.with_(dropout=0.3))  # dropout on: the global RNG matters too
-    task.train_epoch(st)
-    blob = task.save(st)
-    a = task.train_epoch(st), task.evaluate(st)
-    torch.manual_seed(999)  # disturb the global RNG: restore must put it back
-    st2 = task.restore(blob)
-    b = task.train_epoch(st2), task.evaluate(st2)
-    assert a[1] == b[1]
-    assert a[0]["grad_norm"] == b[0]["grad_norm"] and a[0]["update_ratio"] == b[0]["update_ratio"]
-    assert st2.hparams.dropout == 0.3
-    for p, q in zip(st.model.parameters(), st2.model.parameters()):
-        assert torch.equal(p, q)
-
-
 def test_dropout_knob_reaches_every_dropout_module_and_acts():
     task = DigitsCNN()
     st = task.build("overfit", seed=0)
