@@ -97,3 +97,29 @@ def test_blind_lookup_reads_no_telemetry(replicated):
                  for s in snaps]
     assert [pol.decide(s).action for s in scrambled] == a  # the curves do not change its answer
     assert pol.trained_on == {"seeds": "even"}
+
+
+def test_zero_shot_fidelity_and_a_leaderboard_on_the_surrogate_alone(small_library, deep_library, tmp_path, capsys):
+    """A surrogate fitted on one library judged on another one's hidden trees (`tmsim fidelity --surrogate`), and a
+    leaderboard that says what the surrogate alone predicts (`--hide-trees`), with a warning for unseen tasks."""
+    sur = tmp_path / "digits.skops"
+    assert main(["surrogate", "fit", "--traces", str(small_library), "--out", str(sur), "--trees", "10"]) == 0
+    rep = tmp_path / "zero-shot.json"
+    assert main(["fidelity", "--traces", str(deep_library), "--surrogate", str(sur), "--json", str(rep),
+                 "--quiet"]) == 0
+    r = json.loads(rep.read_text())
+    for key in ("kendall_tau", "kendall_tau_competitive", "regret_at_1", "coverage_80"):
+        assert key in r
+    assert -1 <= r["kendall_tau"] <= 1 and r["unseen_tasks"] == [] and r["roots"] > 0
+    other = tmp_path / "friedman"
+    record(specs_from_args(["friedman-mlp"], ["healthy"], [0], depth=1, decide_every=None, budget=None), other,
+           workers=1, show_progress=False)
+    capsys.readouterr()
+    out = tmp_path / "lb.json"
+    assert main(["leaderboard", "--traces", str(other), "--surrogate", str(sur), "--hide-trees", "--no-report",
+                 "--quiet", "--json", str(out), "--policies", "policies/rules.toml"]) == 0
+    text = capsys.readouterr().out
+    assert "TREES HIDDEN" in text and "not fitted on task(s) friedman-mlp" in text
+    rows = json.loads(out.read_text())
+    rules = next(x for x in rows if x["policy"] == "rules")
+    assert rules["trees_hidden"] and rules["unseen_tasks"] == ["friedman-mlp"] and rules["replayed_share"] < 0.5

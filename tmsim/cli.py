@@ -169,6 +169,11 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     if args.live:
         report = _live_fidelity(lib, index, say)
         print(_format_live(report))
+    elif args.surrogate:
+        from .simulate.surrogate import Surrogate
+
+        report = fidelity.measure_transfer(index, Surrogate.load(args.surrogate), cfg, progress=say)
+        print(fidelity.format_transfer(report))
     else:
         report = fidelity.measure(index, cfg, progress=say)
         print(fidelity.format_report(report))
@@ -187,7 +192,8 @@ def _load_lib(traces):
     return lib
 
 
-def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: float | None = None):
+def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: float | None = None,
+                 surrogate_file: Path | None = None, hide_trees: bool = False):
     from tqdm import tqdm
 
     from .evaluate.leaderboard import run_leaderboard
@@ -197,12 +203,18 @@ def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: floa
 
     index = TreeIndex(lib)  # the one index of this run: the surrogate's data, the oracle and the simulator share it
     log = None if quiet else (lambda m: print(f"tmsim: {m}", file=sys.stderr))
-    sur, sid, path = surrogate_for(index, lib.digest(), surrogate_cache(), log=log)
+    if surrogate_file is not None:  # a surrogate fitted elsewhere (zero-shot): used as it is, never refitted
+        from .simulate.surrogate import Surrogate
+
+        sur, path = Surrogate.load(surrogate_file), Path(surrogate_file)
+        sid = sur.digest(path)
+    else:
+        sur, sid, path = surrogate_for(index, lib.digest(), surrogate_cache(), log=log)
     policies = [make_policy(s, index) for s in specs]
     with tqdm(total=len({p.policy_id for p in policies} | {"constant", "oracle"}), desc="policies", unit="policy",
               disable=quiet, leave=False) as bar:
         return run_leaderboard(index, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout,
-                               workers=workers, specs=specs, surrogate_path=str(path))
+                               workers=workers, specs=specs, surrogate_path=str(path), replay=not hide_trees)
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -213,7 +225,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     specs = [s for arg in args.policies for s in find_specs(arg)]
     lib = _load_lib(args.traces)
-    result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout)
+    result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout, args.surrogate, args.hide_trees)
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -418,6 +430,10 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--workers", type=int, default=1, help="processes for policy rollouts")
     lb.add_argument("--timeout", type=float, default=None,
                     help="seconds a policy may take per decision (default 30); a late answer is a timeout violation")
+    lb.add_argument("--surrogate", type=Path, default=None,
+                    help="use this surrogate file (e.g. fitted on another library) instead of fitting one on --traces")
+    lb.add_argument("--hide-trees", action="store_true",
+                    help="what the surrogate alone says: only each root's first segment is read from the trees")
     lb.add_argument("--quiet", action="store_true")
     lb.set_defaults(func=_cmd_leaderboard)
 
@@ -476,6 +492,8 @@ def build_parser() -> argparse.ArgumentParser:
     fd.add_argument("--seed", type=int, default=0)
     fd.add_argument("--quiet", action="store_true")
     fd.add_argument("--live", action="store_true", help="re-run policies live through the hook and compare with the simulator")
+    fd.add_argument("--surrogate", type=Path, default=None,
+                    help="zero-shot: judge this surrogate file (fitted on another library) on this library's hidden trees")
     fd.set_defaults(func=_cmd_fidelity)
     return p
 

@@ -220,6 +220,8 @@ class LeaderboardResult:
     roots: list[str]
     library_hash: str
     surrogate_id: str
+    trees_hidden: bool = False  # --hide-trees: what the surrogate alone says
+    unseen_tasks: list[str] = field(default_factory=list)  # tasks of these roots the surrogate was not fitted on
 
     @property
     def failed(self) -> dict[str, str]:
@@ -239,13 +241,13 @@ class LeaderboardResult:
 _WORKER: dict = {}
 
 
-def _worker_init(traces: str, surrogate_path: str | None, bounds_json: str) -> None:
+def _worker_init(traces: str, surrogate_path: str | None, bounds_json: str, replay: bool = True) -> None:
     from ..simulate.surrogate import Surrogate
     from ..traces.format import load_library
 
     index = TreeIndex(load_library(traces))
     sur = Surrogate.load(surrogate_path) if surrogate_path else None
-    _WORKER.update(index=index, sim=Simulator(index, sur, Bounds.model_validate_json(bounds_json)))
+    _WORKER.update(index=index, sim=Simulator(index, sur, Bounds.model_validate_json(bounds_json), replay=replay))
 
 
 def _worker_rollout(spec_path: str, roots: list[str], timeout: float | None):
@@ -300,7 +302,7 @@ def _close(policy) -> None:
 
 def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_id: str = "",
                     progress=None, timeout: float | None = None, workers: int = 1, specs: list | None = None,
-                    surrogate_path: str | None = None) -> LeaderboardResult:
+                    surrogate_path: str | None = None, replay: bool = True) -> LeaderboardResult:
     """Roll every policy out on the suite's roots and score it against ``constant`` and ``oracle``.
 
     ``library`` is a ``TreeIndex`` (built once by the caller and shared with the policies and the surrogate) or a
@@ -311,7 +313,7 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
 
     index = library if isinstance(library, TreeIndex) else TreeIndex(library)
     library = index.library
-    sim = Simulator(index, surrogate, suite.bounds)
+    sim = Simulator(index, surrogate, suite.bounds, replay=replay)
     roots = sim.roots(suite.tasks or None, suite.scenarios or None, suite.seeds or None)
     if not roots:
         raise ValueError(f"suite {suite.name!r} selects no root of the library {library.root}")
@@ -330,7 +332,8 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
 
         ctx = mp.get_context("spawn")
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
-                                 initargs=(str(library.root), surrogate_path, suite.bounds.model_dump_json())) as pool:
+                                 initargs=(str(library.root), surrogate_path, suite.bounds.model_dump_json(),
+                                           replay)) as pool:
             futs = [pool.submit(_worker_rollout, str(s.path), roots, timeout) for s in pooled.values()]
             for pid, pol in by_id.items():
                 if pid not in pooled:
@@ -365,7 +368,9 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
         stats = model_stats(by_id[s.policy])
         if stats and stats.get("decisions"):
             s.model_fallback_rate = stats["fallbacks"] / stats["decisions"]
-    return LeaderboardResult(suite, scores, rollouts, roots, library.digest(), surrogate_id)
+    unseen = surrogate.unseen_tasks({index.meta[r]["task"] for r in roots}) if surrogate is not None else []
+    return LeaderboardResult(suite, scores, rollouts, roots, library.digest(), surrogate_id, trees_hidden=not replay,
+                             unseen_tasks=unseen)
 
 
 def _ci(s: PolicyScore) -> str:
@@ -389,6 +394,7 @@ def format_table(result: LeaderboardResult) -> str:
                      f"{s.fallback_rate:9.1%}{s.interventions_per_run:7.2f}{s.replayed_share:9.1%}{s.latency_ms_p50:8.3f}")
     for pid, why in result.failed.items():
         lines.append(f"    FAILED {pid}: {why}; its decisions after that fell back to continue, so its row is not a score")
+    lines += _trust_lines(result)
     for s in result.ranked():
         if s.trained_roots:
             lines.append(f"    * {s.policy} is scored on {s.trained_roots} of {s.roots} roots it was trained on "
@@ -405,13 +411,25 @@ def format_table(result: LeaderboardResult) -> str:
     return "\n".join(lines)
 
 
+def _trust_lines(result: LeaderboardResult) -> list[str]:
+    """Warnings on what the scores rest on: hidden trees, tasks the surrogate never saw."""
+    out = []
+    if result.trees_hidden:
+        out.append("    TREES HIDDEN: every segment after the first is the surrogate's prediction, not a recording")
+    if result.unseen_tasks:
+        out.append(f"    WARNING: the surrogate was not fitted on task(s) {', '.join(result.unseen_tasks)}: rows with a "
+                   "low replayed share there are zero-shot predictions (see tmsim fidelity --surrogate)")
+    return out
+
+
 def format_markdown(result: LeaderboardResult) -> str:
     lines = [f"# Leaderboard: suite `{result.suite.name}`", "",
              f"{result.scores[0].roots if result.scores else 0} roots, {len(result.roots)} rollouts (roots x replicates); "
              f"library `{result.library_hash[:12]}`; surrogate `{result.surrogate_id[:12]}`. "
              "Median over roots of the expected change of final validation loss vs the `constant` policy on the same "
              "replicate (negative is better); 95% interval from a two-level bootstrap (roots, then replicates). Regret: "
-             "median over roots / ratio of sums. The oracle reads the recorded answers: an upper bound, not a policy.", "",
+             "median over roots / ratio of sums. The oracle reads the recorded answers: an upper bound, not a policy.",
+             *[ln.strip() for ln in _trust_lines(result)], "",
              "| # | policy | val loss change | 95% CI | acted on (change there) | best val loss change | regret (median / sums) | unsafe | violations/100 | fallback | interventions/run | epochs saved/run | latency p50 / p95 ms | replayed |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(result.ranked(), 1):
@@ -453,5 +471,6 @@ def json_rows(result: LeaderboardResult) -> list[dict]:
 def dumps(result: LeaderboardResult) -> str:
     """The ``--json`` form: a list with one object per policy, best first."""
     meta = {"suite": result.suite.name, "roots_total": len(result.roots), "library_hash": result.library_hash,
-            "surrogate_id": result.surrogate_id}
+            "surrogate_id": result.surrogate_id, "trees_hidden": result.trees_hidden,
+            "unseen_tasks": result.unseen_tasks}
     return json.dumps([{**row, **meta} for row in json_rows(result)], indent=2)

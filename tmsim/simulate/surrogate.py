@@ -251,7 +251,9 @@ class Surrogate:
         if calibrate:
             self.q = self._calibrate(data, kmax)
         self.info = {"rows": int(len(data.X)), "segments": int(len(data.Xs)), "diverged_segments": int(data.div.sum()),
-                     "trees": int(len(set(data.groups.tolist())))}
+                     "trees": int(len(set(data.groups.tolist()))),
+                     # the tasks it has seen (a root run id starts with its task): the zero-shot warning reads it
+                     "tasks": sorted({str(g).split(":", 1)[0] for g in data.groups.tolist()})}
         return self
 
     def _fit_models(self, data: SegmentData, n_estimators: int):
@@ -372,6 +374,12 @@ class Surrogate:
         s.q, s.info = np.asarray(state["q"]), json.loads(state["info"])
         s.sha256 = hashlib.sha256(data).hexdigest()
         return s
+
+    def unseen_tasks(self, tasks) -> list[str]:
+        """The ``tasks`` this surrogate was not fitted on (none known when its file predates this record)."""
+        if "tasks" not in self.info:
+            return []
+        return sorted(t for t in set(tasks) if t not in set(self.info["tasks"]))
 
     def digest(self, path: str | Path) -> str:
         return hashlib.sha256(Path(path).read_bytes()).hexdigest()
