@@ -364,12 +364,16 @@ def clear_offered_cache() -> None:
     _OFFERED.clear()
 
 
+_MENU_PROPOSALS: dict[str, Proposal] = {}
+
+
 def _offered(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...]) -> tuple[str, ...]:
     out = []
     for a in candidates:
         if a.startswith("aux_") and snapshot.losses < 2:
             continue
-        act, violations = validate(a, snapshot, bounds)
+        proposal = _MENU_PROPOSALS.get(a) or _MENU_PROPOSALS.setdefault(a, Proposal(action=a))
+        act, violations = validate(proposal, snapshot, bounds)
         if not violations and act.source == "policy":
             out.append(a)
     return tuple(out)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .actions import Answer, Bounds, PolicyFailure, Proposal, ValidatedAction, offered_actions, parse_proposal
@@ -61,7 +61,9 @@ def build_snapshot(run: RunInfo, hist: Sequence[Mapping[str, Any]], chain: Mappi
     used = sum(1 for p in past if p.action != "continue")
     left = None if bounds.max_interventions is None else max(bounds.max_interventions - used, 0)
     snap = Snapshot.build(run.run_id, run.task, hist, hp, run.max_epochs, every, past, left, run.losses)
-    return replace(snap, offered=offered_actions(snap, bounds))
+    # the snapshot was just made here and nothing has seen it: set its menu in place rather than copy it whole
+    object.__setattr__(snap, "offered", offered_actions(snap, bounds))
+    return snap
 
 
 def answer(out: Any) -> Answer:

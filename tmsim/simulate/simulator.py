@@ -156,7 +156,7 @@ class Simulator:
         for e in range(0, min(first, m["max_epochs"]) + 1):
             if e not in rows:
                 break
-            _push(o, {**rows[e], "source": "replayed"})
+            _push(o, *self.index.replayed(rows[e]))
             if rows[e]["diverged"]:
                 o.diverged = o.done = True
                 break
@@ -216,7 +216,7 @@ class Simulator:
                     if r is None:  # the recording ends early only when it diverged
                         o.diverged = o.done = True
                         break
-                    _push(o, {**r, "source": "replayed"})
+                    _push(o, *self.index.replayed(r))
                     if r["diverged"]:
                         o.diverged = o.done = True
                         break
@@ -280,9 +280,9 @@ class Simulator:
         return Hyperparams.from_row(o.epochs[-1])
 
 
-def _push(o: Rollout, row: dict) -> None:
+def _push(o: Rollout, row: dict, view: EpochView | None = None) -> None:
     o.epochs.append(row)
-    o.views.append(EpochView.from_row(row))
+    o.views.append(view or EpochView.from_row(row))
 
 
 def _clip01(base: float | None, delta: float) -> float | None:

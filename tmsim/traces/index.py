@@ -77,6 +77,7 @@ class TreeIndex:
         for row in own.to_pylist():
             self.own[row.pop("run_id")][row["epoch"]] = row
         self._lineage: dict[str, dict[int, dict]] = {}
+        self._replayed: dict[int, tuple[dict, EpochView, dict]] = {}
         self.include_live = include_live
         self.roots = sorted(r for r, m in self.meta.items()
                             if m["parent_run_id"] is None and (include_live or m["source"] == "recorded"))
@@ -93,6 +94,15 @@ class TreeIndex:
                 rows.update(self.own.get(rid, {}))
             self._lineage[rid] = rows
         return self._lineage[rid]
+
+    def replayed(self, row: dict) -> tuple[dict, EpochView]:
+        """A recorded row as a rollout holds it (``source = "replayed"``) and as a policy sees it, made once per row
+        of the library (both are read, never changed, by the simulator)."""
+        hit = self._replayed.get(id(row))
+        if hit is None or hit[2] is not row:
+            out = {**row, "source": "replayed"}
+            hit = self._replayed[id(row)] = (out, EpochView.from_row(out), row)
+        return hit[0], hit[1]
 
     def hparams_at(self, rid: str, epoch: int) -> Hyperparams | None:
         """The hyperparameters in force during ``epoch`` of run ``rid`` (None when it has no such epoch)."""
