@@ -96,6 +96,7 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
     from .core.names import safe_filename, safe_name
     from .policies import find_specs, make_policy
     from .policies.check import decision_points, format_report, run_policy
+    from .policies.protocol import close_policy
     from .traces import TreeIndex, write_table
 
     index = TreeIndex(_load_lib(args.traces))
@@ -108,8 +109,7 @@ def _cmd_policy_check(args: argparse.Namespace) -> int:
             with tqdm(total=len(snaps), desc=spec.name, unit="decision", disable=args.quiet, leave=False) as bar:
                 audit, report = run_policy(policy, snaps, bounds, timeout=args.timeout, on_decision=lambda: bar.update(1))
         finally:
-            if callable(getattr(type(policy), "close", None)):
-                policy.close()
+            close_policy(policy)
         print(format_report(report))
         print()
         if args.audit:

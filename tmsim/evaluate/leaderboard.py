@@ -37,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.actions import Bounds
 from ..core.config import load_toml_model
-from ..policies.protocol import is_upper_bound, model_stats, trained_on
+from ..policies.protocol import close_policy, failure_reason, is_upper_bound, model_stats, trained_on
 from ..simulate.simulator import Rollout, Simulator, summarize_rollouts
 from ..traces.index import TreeIndex
 from .promote import GateSettings
@@ -256,9 +256,9 @@ def _worker_rollout(spec_path: str, roots: list[str], timeout: float | None):
     spec = load_spec(spec_path)
     pol = make_policy(spec, _WORKER["index"])
     try:
-        return spec.name, _WORKER["sim"].rollout(pol, roots, timeout=timeout), _failed(pol)
+        return spec.name, _WORKER["sim"].rollout(pol, roots, timeout=timeout), failure_reason(pol)
     finally:
-        _close(pol)
+        close_policy(pol)
 
 
 #: Names the harness's own reference policies use; a spec may take one only for that very policy.
@@ -286,18 +286,6 @@ def check_policy_names(policies: list, specs: list | None = None) -> None:
             files = where.get(p.policy_id) or [p.policy_id]
             raise ValueError(f"{files[0]}: field 'name': {p.policy_id!r} is reserved for the built-in {RESERVED[p.policy_id]} "
                              "policy every score is measured against; choose another name")
-
-
-def _failed(policy) -> str | None:
-    """Why a policy could not be scored (its process died or stopped answering), or None."""
-    failed = getattr(policy, "failed", None)
-    return failed if isinstance(failed, str) else None
-
-
-def _close(policy) -> None:
-    close = getattr(type(policy), "close", None)
-    if callable(close):
-        policy.close()
 
 
 def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_id: str = "",
@@ -353,8 +341,8 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
                 progress(pid)
     for pid, pol in by_id.items():
         if pid not in failed:
-            failed[pid] = _failed(pol)
-        _close(pol)
+            failed[pid] = failure_reason(pol)
+        close_policy(pol)
     constant = {o.root: o for o in rollouts["constant"]}
     oracle = {o.root: o for o in rollouts["oracle"]}
     scores = [score_policy(pid, outs, constant, oracle, suite.gate, is_upper_bound(by_id[pid]))
@@ -381,7 +369,7 @@ def format_table(result: LeaderboardResult) -> str:
     """The terminal table, best first, with bootstrap intervals."""
     head = (f"{'#':>2}  {'policy':<22}{'val loss vs constant (95% CI)':<33}{'acted (change)':>16}{'regret':>7}"
             f"{'unsafe':>8}{'viol/100':>9}{'fallback':>9}{'interv':>7}{'replayed':>9}{'p50 ms':>8}")
-    n_roots = len({(o.task, o.scenario, o.seed) for o in next(iter(result.rollouts.values()))}) if result.rollouts else 0
+    n_roots = result.scores[0].roots if result.scores else 0
     lines = [f"leaderboard: suite {result.suite.name}, {n_roots} roots x replicates = {len(result.roots)} rollouts "
              f"(median over roots of the expected change of final val loss vs doing nothing; negative is better)",
              head, "-" * len(head)]

@@ -17,7 +17,7 @@ from ..core.decision import RunInfo, build_snapshot, call_policy_batch, decision
 from ..core.snapshot import Snapshot
 from ..traces.format import DECISIONS
 from ..traces.index import TreeIndex
-from .protocol import is_upper_bound
+from .protocol import failure_reason, is_upper_bound
 
 
 def decision_points(library, bounds: Bounds | None = None, tasks: list[str] | None = None) -> list[Snapshot]:
@@ -87,7 +87,7 @@ def run_policy(policy, snapshots: list[Snapshot], bounds: Bounds | None = None, 
         "latency_ms_p50": float(np.percentile(lat, 50)),
         "latency_ms_p95": float(np.percentile(lat, 95)),
         "hung": hung,
-        "failed": getattr(policy, "failed", None) if isinstance(getattr(policy, "failed", None), str) else None,
+        "failed": failure_reason(policy),
         "unvalidated_updates": unvalidated,
     }
     return pa.Table.from_pydict(cols, schema=DECISIONS), report

@@ -6,6 +6,8 @@ declared here, with the default the harness assumes when it is absent:
 - ``is_upper_bound: bool``: the policy reads recorded answers (the oracle) and is reported as a bound, never
   promoted; default ``False``.
 - ``stats: dict``: counters a model policy keeps (``decisions``, ``fallbacks``); default none.
+- ``failed: str | None`` and ``close()``: a policy that runs in its own process says why it could not be asked any
+  more, and is stopped when the harness is done with it; default: never failed, nothing to close.
 - ``trained_on: dict``: what the policy was trained or tuned on (``{"seeds": "even"}``), so a leaderboard can say on
   how many of its roots the policy is scored on its own training data; default none (set from a spec's
   ``trained_on``).
@@ -55,6 +57,18 @@ def trained_on(policy: Any) -> dict | None:
     """What the policy was trained on (``{"seeds": "even" | "odd"}``), or None."""
     t = getattr(policy, "trained_on", None)
     return t if isinstance(t, dict) else None
+
+
+def failure_reason(policy: Any) -> str | None:
+    """Why the policy could not be scored (its process exited or stopped answering), or None."""
+    failed = getattr(policy, "failed", None)
+    return failed if isinstance(failed, str) else None
+
+
+def close_policy(policy: Any) -> None:
+    """Stop what the policy holds (its process), if it declares ``close``."""
+    if callable(getattr(type(policy), "close", None)):
+        policy.close()
 
 
 def model_stats(policy: Any) -> dict | None:
