@@ -15,6 +15,8 @@ Example
 """
 from __future__ import annotations
 
+import hashlib
+import secrets
 import threading
 import time
 from dataclasses import dataclass
@@ -30,15 +32,29 @@ RAW_OUTPUT_LIMIT = 2000
 DEFAULT_TIMEOUT = 30.0
 
 
+#: Salt of the run keys this process hands out: a key cannot be recomputed from a run id (which names the scenario).
+_RUN_KEY_SALT = secrets.token_hex(16)
+
+
+def run_key(*parts: object) -> str:
+    """A run key for policies (``Snapshot.run_key``): 16 hex digits of a salted SHA-256 of ``parts``. The salt is
+    drawn once per process, so the key reveals nothing of ``parts`` (a run id names the task, scenario and seed) and
+    differs between commands."""
+    text = "\x00".join(str(p) for p in (_RUN_KEY_SALT, *parts))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 @dataclass(frozen=True)
 class RunInfo:
-    """What a snapshot needs to know about the run it comes from (not its scenario: a policy must read signals)."""
+    """What a snapshot needs to know about the run it comes from (not its scenario: a policy must read signals).
+    ``run_key`` is the key its snapshots carry (default: ``run_key(run_id)``, one per run id)."""
 
     run_id: str
     task: str
     decide_every: int
     max_epochs: int
     losses: int = 1
+    run_key: str | None = None
 
 
 def build_snapshot(run: RunInfo, hist: Sequence[Mapping[str, Any]], chain: Mapping[int, str], d: int,
@@ -60,7 +76,8 @@ def build_snapshot(run: RunInfo, hist: Sequence[Mapping[str, Any]], chain: Mappi
         past.append(PastDecision(e, chain.get(e, "continue"), change))
     used = sum(1 for p in past if p.action != "continue")
     left = None if bounds.max_interventions is None else max(bounds.max_interventions - used, 0)
-    snap = Snapshot.build(run.run_id, run.task, hist, hp, run.max_epochs, every, past, left, run.losses)
+    snap = Snapshot.build(run.run_id, run.task, hist, hp, run.max_epochs, every, past, left, run.losses,
+                          run_key=run.run_key or run_key(run.run_id))
     # the snapshot was just made here and nothing has seen it: set its menu in place rather than copy it whole
     object.__setattr__(snap, "offered", offered_actions(snap, bounds))
     return snap

@@ -150,6 +150,13 @@ class Snapshot:
     ``run_id`` identifies the decision point for the audit trail and is opaque to policies: it is not shown in
     ``to_text`` and a policy must not parse it (only the oracle, an upper bound by design, looks runs up by it).
     The scenario a run was built to show is deliberately not in the snapshot: a manager must read the signals.
+
+    ``run_key`` names the *run* a decision belongs to, for a policy that keeps per-run state (an Optuna trial, a
+    scheduler): the simulator gives every rollout its own key, the same at each of its decisions whether the rollout
+    stays on its recorded run, moves to a child branch or leaves the tree; the live hook gives one key per run. It is
+    a salted hash: it reveals neither the run id nor the scenario, differs between commands, and is not part of
+    ``hash`` (seed randomness from ``hash``, not from the key). ``None`` where decisions do not form a run (the
+    independent decision points of ``tmsim policy check``).
     """
 
     run_id: str
@@ -164,23 +171,34 @@ class Snapshot:
     interventions_left: int | None = None
     losses: int = 1
     offered: tuple[str, ...] = field(default=())
+    run_key: str | None = None
 
     @classmethod
     def build(cls, run_id: str, task: str, history: Iterable[EpochView | dict], hparams: Hyperparams,
               max_epochs: int, decide_every: int, decisions: Iterable[PastDecision] = (),
-              interventions_left: int | None = None, losses: int = 1, offered: tuple[str, ...] = ()) -> "Snapshot":
+              interventions_left: int | None = None, losses: int = 1, offered: tuple[str, ...] = (),
+              run_key: str | None = None) -> "Snapshot":
         hist = tuple(h if isinstance(h, EpochView) else EpochView.from_row(h) for h in history)
         if not hist:
             raise ValueError("a snapshot needs at least one epoch of history")
         return cls(run_id, task, hist[-1].epoch, max_epochs, decide_every, hparams, hist,
-                   compute_signals(hist), tuple(decisions), interventions_left, losses, tuple(offered))
+                   compute_signals(hist), tuple(decisions), interventions_left, losses, tuple(offered), run_key)
+
+    def with_run_key(self, run_key: str | None) -> "Snapshot":
+        """The same snapshot under another run key (a shallow copy: everything else, the cached hash included, is
+        shared; the key is not part of the hash)."""
+        if run_key == self.run_key:
+            return self
+        twin = copy.copy(self)
+        object.__setattr__(twin, "run_key", run_key)
+        return twin
 
     def to_dict(self) -> dict[str, Any]:
         return {"run_id": self.run_id, "task": self.task, "epoch": self.epoch, "max_epochs": self.max_epochs,
                 "decide_every": self.decide_every, "hparams": self.hparams.to_dict(),
                 "history": [h._asdict() for h in self.history], "signals": self.signals._asdict(),
                 "decisions": [d._asdict() for d in self.decisions], "interventions_left": self.interventions_left,
-                "losses": self.losses, "offered": list(self.offered)}
+                "losses": self.losses, "offered": list(self.offered), "run_key": self.run_key}
 
     def private_copy(self) -> "Snapshot":
         """A copy for one policy call: its own ``Snapshot`` and ``Hyperparams`` objects (the history, signals and

@@ -62,12 +62,29 @@ class RulesPolicy:
 
 @dataclass
 class PlateauPolicy:
-    """PyTorch ``ReduceLROnPlateau`` semantics (mode ``min``, relative or absolute threshold, patience, cooldown,
-    ``min_lr``), replayed over the run's validation-loss history and acted on at decision epochs.
+    """PyTorch's ``torch.optim.lr_scheduler.ReduceLROnPlateau`` itself, driven over the run's history.
 
-    The scheduler state is reconstructed from the history, so the policy is stateless between calls: the best
-    value and the count of bad epochs restart after every LR reduction, which also starts the cooldown.
-    A reduction by ``factor`` is proposed as ``lr_down`` when ``factor`` is the menu's own step, else ``set_lr``.
+    At every decision a real scheduler (mode ``min``; ``factor``, ``patience``, ``threshold``, ``threshold_mode``,
+    ``cooldown``, ``min_lr``, ``eps`` as torch defines them) is built on a one-parameter optimizer at the run's first
+    LR and stepped with the validation loss of every epoch from 1 to the decision epoch, as a training loop steps it
+    after each epoch's evaluation. The semantics are torch's by construction (the best value is *not* reset after a
+    reduction; the bad-epoch count is; the cooldown starts). Two rules tie the scheduler to a run that is managed only
+    at decision epochs:
+
+    - **A cut between decisions** is held by the scheduler until the next decision epoch, where the policy proposes
+      the LR the scheduler holds then: ``lr_down`` when that is exactly one menu step (``factor`` 0.5, one cut),
+      else ``set_lr`` with torch's value (two cuts in one segment give ``lr * factor**2``). So the run trains the
+      rest of that segment at the old LR, and from the decision on at torch's.
+    - **An LR change the policy did not make** (the history's ``lr`` column changes from one epoch to the next to a
+      value other than the scheduler's, e.g. a recorded ``lr_up`` branch, or a clamp by the validator) is written
+      into the optimizer, as a user setting ``param_group["lr"]`` by hand would; the scheduler's state is kept.
+
+    The policy keeps no state between calls (the scheduler is rebuilt from the history each time), so it needs no
+    run key and gives the same answer at a decision point however calls are ordered.
+
+    ``menu_only = True`` keeps every proposal on the recorded menu (for a pool that must replay exactly, such as
+    fidelity's): whenever the scheduler holds a lower LR it proposes one ``lr_down``, and the run's LR, which then
+    differs from the scheduler's, is written into the optimizer by the second rule.
     """
 
     factor: float = 0.5
@@ -77,8 +94,9 @@ class PlateauPolicy:
     cooldown: int = 0
     min_lr: float = 0.0
     eps: float = 1e-8
+    menu_only: bool = False
     policy_id: str = "plateau"
-    version: str = "1"
+    version: str = "2"
 
     def __post_init__(self) -> None:
         if not 0 < self.factor < 1:
@@ -86,34 +104,49 @@ class PlateauPolicy:
         if self.threshold_mode not in ("rel", "abs"):
             raise TypeError("threshold_mode must be 'rel' or 'abs'")
 
-    def _better(self, a: float, best: float) -> bool:
-        if self.threshold_mode == "rel":
-            return a < best * (1 - self.threshold)
-        return a < best - self.threshold
+    def scheduler_lr(self, snapshot: Snapshot) -> tuple[float, int]:
+        """(the LR torch's scheduler holds after the decision epoch's validation loss, its bad-epoch count)."""
+        return torch_plateau_lr(snapshot.history, self.factor, self.patience, self.threshold, self.threshold_mode,
+                                self.cooldown, self.min_lr, self.eps, lr0=snapshot.hparams.lr)
 
     def decide(self, snapshot: Snapshot) -> Proposal:
-        best, bad, cool, prev_lr = float("inf"), 0, 0, None
-        for h in snapshot.history:
-            if h.epoch == 0 or h.val_loss is None:
-                continue
-            if prev_lr is not None and h.lr is not None and h.lr < prev_lr:
-                cool, bad = self.cooldown, 0  # a reduction happened before this epoch
-            prev_lr = h.lr
-            if self._better(h.val_loss, best):
-                best, bad = h.val_loss, 0
-            else:
-                bad += 1
-            if cool > 0:
-                cool -= 1
-                bad = 0
+        new, bad = self.scheduler_lr(snapshot)
         lr = snapshot.hparams.lr
-        if bad > self.patience:
-            new = max(lr * self.factor, self.min_lr)
-            if lr - new > self.eps:
-                if abs(self.factor - 1 / LR_FACTOR) < 1e-12 and new == lr * self.factor:
-                    return Proposal(action="lr_down", reason=f"{bad} epochs without improvement")
-                return Proposal(action="set_lr", value=new, reason=f"{bad} epochs without improvement")
+        if new < lr * (1 - 1e-12):  # the scheduler cut the LR since the run last changed it
+            why = f"ReduceLROnPlateau holds lr {new:.4g} ({bad} bad epoch(s) since its last cut, patience {self.patience})"
+            if self.menu_only or abs(new * LR_FACTOR - lr) <= 1e-12 * lr:
+                return Proposal(action="lr_down", reason=why)
+            return Proposal(action="set_lr", value=new, reason=why)
         return Proposal(action="continue", reason=f"{bad} bad epoch(s), patience {self.patience}")
+
+
+def torch_plateau_lr(history, factor: float = 0.5, patience: int = 2, threshold: float = 1e-4,
+                     threshold_mode: str = "rel", cooldown: int = 0, min_lr: float = 0.0, eps: float = 1e-8,
+                     lr0: float | None = None) -> tuple[float, int]:
+    """Drive ``torch.optim.lr_scheduler.ReduceLROnPlateau`` over ``history`` (``EpochView``s from epoch 0) as
+    ``PlateauPolicy`` documents; returns the LR the scheduler's optimizer holds at the end and its bad-epoch count.
+    ``lr0`` is used when the history records no LR."""
+    import torch
+
+    rows = [h for h in history if h.epoch > 0]
+    first = next((h.lr for h in history if h.lr is not None), lr0)
+    if first is None:
+        raise ValueError("the history records no learning rate")
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=first)
+    sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=factor, patience=patience,
+                                                       threshold=threshold, threshold_mode=threshold_mode,
+                                                       cooldown=cooldown, min_lr=min_lr, eps=eps)
+    group = opt.param_groups[0]
+    prev = first
+    for h in rows:
+        if h.lr is not None and h.lr != prev:
+            if h.lr != group["lr"]:
+                group["lr"] = h.lr  # a change the scheduler did not make: set by hand, the scheduler's state kept
+            prev = h.lr
+        if h.val_loss is not None:
+            # torch treats a non-finite loss as it does any other (a NaN is never an improvement)
+            sched.step(float(h.val_loss))
+    return float(group["lr"]), int(sched.num_bad_epochs)
 
 
 @dataclass

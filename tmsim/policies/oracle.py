@@ -7,10 +7,17 @@ scores the divergence penalty of ``tmsim.core.outcome``), and a node's value is 
 its own path and every recorded path below it; so it acts the same way in every replicate of a tree, and its
 choice is not fitted to one replicate's noise. With one replicate this is the best recorded final.
 
-It reads the answers off the trace tree, so it is an **upper bound** on what a policy could reach on the recorded
-menu, not a policy one could deploy; every report marks it as such (``is_upper_bound = True``). Ties go to
-``continue`` (the cheaper choice). At a node the library does not hold (off the recorded tree) it has nothing to
-read and proposes ``continue``.
+It reads the answers off the trace tree, so it is not a policy one could deploy; every report marks it as such
+(``is_upper_bound = True``). Ties go to ``continue`` (the cheaper choice). At a node the library does not hold (off
+the recorded tree) it has nothing to read and proposes ``continue``.
+
+**Where it is an upper bound.** Only where the tree is *full*: every menu action recorded at every node and every
+decision epoch (``full_tree``; the cheap tasks of the bundled library are recorded so). There, no sequence of menu
+actions taken alike in every replicate beats its expected outcome. On a budgeted (sampled) tree a path the library
+did not record may be better, and a policy that takes it is predicted by the surrogate and can end below the
+oracle; a continuous action (``set_lr``) is never recorded, and a policy whose choices differ between replicates can
+also beat an expectation. ``upper_bound_roots`` lists the roots where the bound holds; the leaderboard prints that
+coverage and marks every row that beat the oracle on some root.
 """
 from __future__ import annotations
 
@@ -69,3 +76,46 @@ class OraclePolicy:
             return Proposal(action="continue", reason="no recorded alternatives here")
         action = min(vals, key=lambda a: (vals[a], a != "continue"))
         return Proposal(action=action, reason=f"best expected final val loss {vals[action]:.4g} (upper bound)")
+
+
+def full_tree(index, root: str, menu: set[str] | None = None) -> bool:
+    """Whether the tree of ``root`` (one replicate) holds every action of ``menu`` (default: every branch action
+    recorded for the task anywhere in the library) at every decision epoch of every run that is still training
+    there: then the oracle's choice is the best the recorded menu allows."""
+    m = index.meta[root]
+    if menu is None:
+        menu = task_menu(index, m["task"])
+    every, end = m["decide_every"], m["max_epochs"]
+    for rid in index.descendants(root):
+        r = index.meta[rid]
+        if r["branch_action"] == "stop":
+            continue
+        rows = index[rid]
+        start = r["branch_epoch"] if r["parent_run_id"] is not None else 0
+        kids = index.children.get(rid, {})
+        for d in range(every, end, every):
+            if d <= start:
+                continue
+            row = rows.get(d)
+            if row is None or row["diverged"]:
+                break  # the run ended (diverged) before this decision
+            if any((d, a) not in kids for a in menu):
+                return False
+    return True
+
+
+def task_menu(index, task: str) -> set[str]:
+    """Every branch action the library records for ``task``."""
+    return {r["branch_action"] for r in index.meta.values() if r["task"] == task and r["parent_run_id"] is not None}
+
+
+def upper_bound_roots(index, roots) -> set[tuple]:
+    """The root groups (task, scenario, seed) among ``roots`` whose every replicate's tree is full
+    (``full_tree``): where the oracle is an upper bound on the recorded menu."""
+    full: dict[tuple, bool] = {}
+    menus: dict[str, set[str]] = {}
+    for r in roots:
+        g = index.meta[r]["group"]
+        menu = menus.get(g[0]) or menus.setdefault(g[0], task_menu(index, g[0]))
+        full[g] = full.get(g, True) and full_tree(index, r, menu)
+    return {g for g, ok in full.items() if ok}

@@ -36,13 +36,13 @@ from typing import Any
 import numpy as np
 
 from ..core.actions import Bounds, ValidatedAction, validate
-from ..core.decision import RunInfo, build_snapshot, call_policy_batch
+from ..core.decision import RunInfo, build_snapshot, call_policy_batch, run_key
 from ..core.hparams import Hyperparams
 from ..core.snapshot import EpochView
 from ..core.outcome import final_val_loss
 from ..traces.format import Library
 from ..traces.index import TreeIndex
-from .surrogate import FEATURES, Surrogate, action_features, state_features
+from .surrogate import Surrogate, action_features, horizon_features, run_context, state_features
 
 
 @dataclass
@@ -68,6 +68,7 @@ class Rollout:
     band: tuple[float, float] | None = None
     truncated: bool = False  # left the recorded tree with ``on_off_tree="truncate"``: no final value
     p_diverged: float = 0.0  # the surrogate's probability that the run diverged along the way (0 when replayed)
+    run_key: str | None = None  # the key its snapshots carry (``Snapshot.run_key``): one per rollout
 
     @property
     def final_val_loss(self) -> float:
@@ -78,7 +79,27 @@ class Rollout:
 
     @property
     def best_val_loss(self) -> float:
-        return min(r["val_loss"] for r in self.epochs if r["val_loss"] is not None)
+        """The lowest finite validation loss the run reached (epoch 0 included): what restoring the best checkpoint
+        at the end keeps. A diverged run keeps its best before the divergence."""
+        vals = [r["val_loss"] for r in self.epochs if r["val_loss"] is not None and math.isfinite(r["val_loss"])]
+        return min(vals) if vals else math.inf
+
+    @property
+    def trained_epochs(self) -> int:
+        """Epochs trained (epoch 0, the evaluation before training, not counted): the run's compute in epochs. A
+        stopped run ends at its stop epoch, a diverged one at the divergence (the recorder stops there too)."""
+        return sum(1 for r in self.epochs if r["epoch"] > 0)
+
+    def train_seconds(self, surrogate_epoch_s: float | None = None) -> float:
+        """Recorded wall-clock seconds of the epochs trained (``wall_time_s``: training plus evaluation); a
+        surrogate epoch, which has no recorded time, counts ``surrogate_epoch_s`` (e.g. the task's mean recorded
+        epoch time; 0 when not given)."""
+        total = 0.0
+        for r in self.epochs:
+            if r["epoch"] > 0:
+                w = r.get("wall_time_s")
+                total += w if w is not None and math.isfinite(w) else (surrogate_epoch_s or 0.0)
+        return total
 
     @property
     def replayed_share(self) -> float:
@@ -121,6 +142,8 @@ class Simulator:
         self.bounds = bounds or Bounds()
         self.replay = replay
         self._snap_cache: dict[tuple[str, int], Any] = {}
+        self._calls = 0  # rollout calls so far (part of each rollout's run key)
+        self._contexts: dict[str, Any] = {}  # root -> the surrogate's RunContext
 
     def roots(self, tasks=None, scenarios=None, seeds=None) -> list[str]:
         out = []
@@ -136,6 +159,11 @@ class Simulator:
         """Roll ``policy`` out from every root (default: all roots of the library); returns one ``Rollout`` each."""
         roots = self.roots() if roots is None else roots
         outs = [self._start(policy, r) for r in roots]
+        # one key per rollout of this call: a policy that keeps per-run state finds it again at each decision of the
+        # rollout, and a second call (another policy, or the same one again) starts from fresh keys
+        self._calls += 1
+        for i, o in enumerate(outs):
+            o.run_key = run_key("rollout", id(self), self._calls, i, o.root)
         step = 1
         while True:
             active = [o for o in outs if not o.done]
@@ -176,7 +204,7 @@ class Simulator:
         return snap
 
     def _decide(self, policy, due: list[Rollout], timeout: float | None) -> None:
-        snaps = [self._snapshot_for(o, o.final_epoch()) for o in due]
+        snaps = [self._snapshot_for(o, o.final_epoch()).with_run_key(o.run_key) for o in due]
         raws, lat = call_policy_batch(policy, snaps, timeout)
         for o, snap, raw, ms in zip(due, snaps, raws, lat):
             act, violations = validate(raw, snap, self.bounds)
@@ -238,15 +266,16 @@ class Simulator:
         for i, (o, d, nxt) in enumerate(items):
             m = self.index.meta[o.root]
             prev_hp = self._hp_in_force(o)
-            sf = state_features(o.epochs, prev_hp, m["hp_init"], m["max_epochs"], m["n_losses"])
+            ctx = self._contexts.get(o.root) or self._contexts.setdefault(o.root, run_context(m))
+            sf = state_features(o.epochs, prev_hp, ctx)
             af = action_features(prev_hp, o.hparams)
             for k in range(1, nxt - d + 1):
-                X.append(sf + af + [k, (d + k) / m["max_epochs"]])
+                X.append(sf + af + horizon_features(d, k, ctx))
                 owners.append((i, k))
-            Xs.append(sf + af + [nxt - d, nxt / m["max_epochs"]])
+            Xs.append(sf + af + horizon_features(d, nxt - d, ctx))
         X = np.asarray(X, float)
         Y = self.surrogate.predict(X)
-        q = self.surrogate.band(X[:, FEATURES.index("k")])
+        q = self.surrogate.band(X)
         p_div = self.surrogate.p_diverge(np.asarray(Xs, float))
         base = {i: dict(o.epochs[-1]) for i, (o, _, _) in enumerate(items)}
         for (i, k), y, (qlo, qhi) in zip(owners, Y, q):
