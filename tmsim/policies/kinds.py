@@ -25,8 +25,9 @@ KINDS = Registry("policy kind", "tmsim.policies")
 for _kind, _ref in (("constant", "tmsim.policies.baselines:ConstantPolicy"), ("rules", "tmsim.policies.baselines:RulesPolicy"),
                     ("plateau", "tmsim.policies.baselines:PlateauPolicy"), ("random", "tmsim.policies.baselines:RandomPolicy"),
                     ("sequence", "tmsim.policies.baselines:SequencePolicy"), ("oracle", "tmsim.policies.oracle:OraclePolicy"),
-                    ("lookup", "tmsim.policies.lookup:LookupPolicy"),
-                    ("qwen", "tmsim.policies.llm.policy:QwenPolicy")):
+                    ("lookup", "tmsim.policies.lookup:LookupPolicy"), ("optuna", "tmsim.policies.pruners:OptunaPrunerPolicy"),
+                    ("llm", "tmsim.policies.llm.policy:LLMPolicy"), ("openai", "tmsim.policies.llm.openai:OpenAIPolicy"),
+                    ("gbm", "tmsim.policies.gbm:GBMPolicy")):
     KINDS.register(_kind, _ref)
 
 
@@ -44,7 +45,8 @@ def kind_names() -> list[str]:
 
 
 #: The kinds tmsim ships; any other kind (``python``, plugins) is untrusted code and runs in its own process.
-BUILTIN_KINDS = frozenset({"constant", "rules", "plateau", "random", "sequence", "oracle", "lookup", "qwen"})
+BUILTIN_KINDS = frozenset({"constant", "rules", "plateau", "random", "sequence", "oracle", "lookup", "optuna", "llm", "openai",
+                           "gbm"})
 
 
 def make_policy(spec: PolicySpec, library=None, isolate: bool | None = None) -> Policy:

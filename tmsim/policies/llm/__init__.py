@@ -1,1 +1,1 @@
-"""Qwen training managers: the offline model, the prompted policy, LoRA fine-tuning."""
+"""LLM training managers: pretrained models (fetched by tmsim.models), prompted or LoRA-tuned, and hosted ones."""

@@ -43,6 +43,12 @@ class StageConfig(BaseModel):
 
 
 class LoraConfig(StageConfig):
+    #: train with transformers' ``Trainer`` (weighted loss on the target tokens) instead of the short loop here
+    trainer: bool = False
+    #: put adapters only on the last N transformer layers (0: all); backward then stops there, which saves CPU time
+    last_layers: int = Field(0, ge=0)
+    #: at most this many training nodes (a seeded sample; 0: all)
+    max_examples: int = Field(0, ge=0)
     r: int = Field(8, ge=1)
     alpha: int = Field(16, ge=1)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -57,7 +63,15 @@ class Recipe(BaseModel):
     traces: str = "traces"
     train_seeds: str = "even"
     tasks: list[str] = Field(default_factory=list)
-    eval_points: int = Field(600, ge=10)
+    #: tasks held out whole: none of their nodes is trained on, whatever the seed
+    holdout_tasks: list[str] = Field(default_factory=list)
+    #: the prompt style (``tmsim.policies.llm.prompt``): "terse" for the scratch model, "manager" for real models
+    prompt: str = "terse"
+    #: how the policies that measure agreement score candidates ("mean", "sum", "calibrate")
+    normalize: str = "mean"
+    eval_points: int = Field(600, ge=4)
+    #: also measure the base model's agreement with the recipe's prompt before training
+    eval_prompted: bool = True
     weight_by_advantage: bool = True
     seed: int = 0
     base: StageConfig | None = None
@@ -78,8 +92,10 @@ class Example:
     task: str
 
 
-def build_dataset(library, train_seeds: str = "even", tasks: list[str] | None = None, weight_by_advantage: bool = True):
-    """(train, held_out) examples from every recorded node with alternatives; split by seed parity."""
+def build_dataset(library, train_seeds: str = "even", tasks: list[str] | None = None, weight_by_advantage: bool = True,
+                  holdout_tasks: list[str] | None = None):
+    """(train, held_out) examples from every recorded node with alternatives; split by seed parity, and every node
+    of a task in ``holdout_tasks`` held out whatever its seed (tmsim.policies.gbm uses the same labels)."""
     from ...traces.index import TreeIndex
     from ..check import decision_points
     from ..oracle import OraclePolicy
@@ -100,7 +116,7 @@ def build_dataset(library, train_seeds: str = "even", tasks: list[str] | None = 
         w = 0.5 + min(adv, 1.0) if weight_by_advantage else 1.0
         seed = seed_of[s.run_id]
         ex = Example(s, best, w, seed, s.task)
-        (train if seed % 2 == parity else held).append(ex)
+        (train if seed % 2 == parity and s.task not in (holdout_tasks or ()) else held).append(ex)
     return train, held
 
 
@@ -111,10 +127,11 @@ def data_hash(examples: list[Example]) -> str:
     return h.hexdigest()
 
 
-def _encode(tok, examples: list[Example], eos: int):
+def _encode(tok, examples: list[Example], eos: int, style: str = "terse"):
     rows = []
     for e in examples:
-        prompt = tok.apply_chat_template(messages(e.snapshot), tokenize=False, add_generation_prompt=True, enable_thinking=False)
+        prompt = tok.apply_chat_template(messages(e.snapshot, style), tokenize=False, add_generation_prompt=True,
+                                         enable_thinking=False)
         p = tok(prompt, add_special_tokens=False)["input_ids"]
         t = tok(e.target, add_special_tokens=False)["input_ids"] + [eos]
         rows.append((p, t, e.weight))
@@ -184,8 +201,9 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from ...models import display_name, resolve_model
     from ...traces.format import load_library
-    from .policy import QwenPolicy
+    from .policy import LLMPolicy
 
     log = log or (lambda *_: None)
     torch.manual_seed(recipe.seed)
@@ -193,30 +211,47 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     base_path = _path(recipe.base_model, repo)
+    base_load = resolve_model(str(base_path))
     lib = load_library(_path(recipe.traces, repo))
-    train, held = build_dataset(lib, recipe.train_seeds, recipe.tasks, recipe.weight_by_advantage)
+    train, held = build_dataset(lib, recipe.train_seeds, recipe.tasks, recipe.weight_by_advantage, recipe.holdout_tasks)
     if not train:
         raise ValueError(f"{recipe.path}: the training split holds no recorded node with alternatives")
     rng = random.Random(recipe.seed)
     held_eval = rng.sample(held, min(recipe.eval_points, len(held)))
-    log(f"decision corpus: {len(train)} training nodes ({recipe.train_seeds} seeds), {len(held)} held out; "
+    log(f"decision corpus: {len(train)} training nodes ({recipe.train_seeds} seeds"
+        f"{', without ' + ', '.join(recipe.holdout_tasks) if recipe.holdout_tasks else ''}), {len(held)} held out; "
         f"targets {dict(Counter(e.target for e in train).most_common())}")
-    report = {"recipe": recipe.name, "base_model": str(recipe.base_model), "train_examples": len(train),
-              "held_out_examples": len(held), "eval_examples": len(held_eval), "data_sha256": data_hash(train),
-              "split": f"train on {recipe.train_seeds} seeds, evaluate on the others", "device": device}
-    tok = AutoTokenizer.from_pretrained(base_path)
+    split = f"train on {recipe.train_seeds} seeds" + (f" of every task but {', '.join(recipe.holdout_tasks)}"
+                                                     if recipe.holdout_tasks else "") + "; evaluate on the others"
+    report = {"recipe": recipe.name, "base_model": str(recipe.base_model), "model": display_name(str(recipe.base_model)),
+              "train_examples": len(train), "held_out_examples": len(held), "eval_examples": len(held_eval),
+              "eval_tasks": dict(Counter(e.task for e in held_eval)), "data_sha256": data_hash(train), "split": split,
+              "holdout_tasks": recipe.holdout_tasks, "prompt": recipe.prompt, "device": device}
+    tok = AutoTokenizer.from_pretrained(base_load)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
-    def stage_rows(stage: StageConfig):
+    if tok.pad_token_id is None:
+        tok.pad_token = "<|im_end|>"
+
+    def policy(model, adapter=None):
+        return LLMPolicy(str(model), adapter=adapter, device=device, prompt=recipe.prompt, normalize=recipe.normalize,
+                         memo=False)
+
+    def stage_rows(stage: StageConfig, limit: int = 0):
         ex = [e for e in train if not stage.tasks or e.task in stage.tasks]
         if not ex:
             raise ValueError(f"{recipe.path}: no training nodes for tasks {stage.tasks}")
-        return _encode(tok, ex, eos)
+        if limit and len(ex) > limit:
+            ex = random.Random(recipe.seed + 2).sample(ex, limit)
+        return _encode(tok, ex, eos, recipe.prompt)
 
-    report["agreement_prompted"] = agreement(QwenPolicy(str(base_path), device=device), held_eval)
-    log(f"prompted base model: oracle agreement {report['agreement_prompted']['accuracy']:.3f} on {len(held_eval)} held-out nodes")
+    t0 = time.perf_counter()
+    if recipe.eval_prompted:
+        report["agreement_prompted"] = agreement(policy(base_path), held_eval)
+        log(f"prompted base model: oracle agreement {report['agreement_prompted']['accuracy']:.3f} on {len(held_eval)} "
+            f"held-out nodes ({time.perf_counter() - t0:.0f} s)")
     model_path = base_path
     if recipe.base:
-        model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(base_load, dtype=dtype).to(device)
         log(f"stage 1: full-weight training, {recipe.base.steps} steps")
         report["base_tasks"] = recipe.base.tasks or "all"
         report["base_losses"] = _train(model, stage_rows(recipe.base), recipe.base.steps, recipe.base.lr, recipe.base.batch, recipe.seed,
@@ -229,35 +264,144 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
             f"(recipe `{recipe.name}`, {len(train)} nodes, data {report['data_sha256'][:12]}). Built from a scratch "
             "Qwen3-architecture model: not Qwen3-0.6B.\n")
         model_path = out
-        report["agreement_base"] = agreement(QwenPolicy(str(out), device=device), held_eval)
+        report["agreement_base"] = agreement(policy(out), held_eval)
         log(f"stage-1 model: oracle agreement {report['agreement_base']['accuracy']:.3f}")
     if recipe.lora:
         from peft import LoraConfig as PeftLora
         from peft import get_peft_model
 
-        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=dtype).to(device)
-        cfg = PeftLora(r=recipe.lora.r, lora_alpha=recipe.lora.alpha, lora_dropout=recipe.lora.dropout,
-                       target_modules=recipe.lora.target_modules, task_type="CAUSAL_LM")
+        lo = recipe.lora
+        model = AutoModelForCausalLM.from_pretrained(resolve_model(str(model_path)), dtype=dtype).to(device)
+        n_layers = getattr(model.config, "num_hidden_layers", 0)
+        layers = list(range(n_layers - lo.last_layers, n_layers)) if lo.last_layers and n_layers else None
+        cfg = PeftLora(r=lo.r, lora_alpha=lo.alpha, lora_dropout=lo.dropout, target_modules=lo.target_modules,
+                       layers_to_transform=layers, task_type="CAUSAL_LM")
         model = get_peft_model(model, cfg)
         trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        log(f"stage 2: LoRA r={recipe.lora.r} on {recipe.lora.target_modules}, {trainable:,} trainable parameters, {recipe.lora.steps} steps")
-        report["lora_tasks"] = recipe.lora.tasks or "all"
-        report["lora_losses"] = _train(model, stage_rows(recipe.lora), recipe.lora.steps, recipe.lora.lr, recipe.lora.batch, recipe.seed + 1,
-                                       tok.pad_token_id, device, log)[-20:]
-        out = _path(recipe.lora.out, repo, output=True)
+        rows = stage_rows(lo, lo.max_examples)
+        report["lora_train_rows"] = len(rows)
+        report["lora_mean_tokens"] = round(sum(len(p) + len(t) for p, t, _ in rows) / len(rows), 1)
+        log(f"stage 2: LoRA r={lo.r} on {lo.target_modules}" + (f" of the last {lo.last_layers} layers" if layers else "")
+            + f", {trainable:,} trainable parameters, {lo.steps} steps of {lo.batch} over {len(rows)} nodes "
+            f"(mean {report['lora_mean_tokens']} tokens)" + (" with transformers.Trainer" if lo.trainer else ""))
+        report["lora_tasks"] = lo.tasks or "all"
+        t0 = time.perf_counter()
+        train_fn = _train_with_trainer if lo.trainer else _train
+        report["lora_losses"] = train_fn(model, rows, lo.steps, lo.lr, lo.batch, recipe.seed + 1, tok.pad_token_id,
+                                         device, log)[-20:]
+        report["lora_seconds"] = round(time.perf_counter() - t0, 1)
+        out = _path(lo.out, repo, output=True)
         model.save_pretrained(out, safe_serialization=True)
-        pol = QwenPolicy(str(model_path), adapter=str(out), device=device)
-        report["agreement_lora"] = agreement(pol, held_eval)
-        log(f"LoRA adapter: oracle agreement {report['agreement_lora']['accuracy']:.3f}")
-        card = {"base_model": str(Path(recipe.base.out).as_posix()) if recipe.base else str(recipe.base_model),
-                "recipe": recipe.name, "data_sha256": report["data_sha256"], "split": report["split"],
-                "train_examples": len(train), "lora": recipe.lora.model_dump(exclude={"out"}),
+        cfg_file = out / "adapter_config.json"  # name the base as the recipe does, not by this machine's cache path
+        peft_cfg = json.loads(cfg_file.read_text())
+        peft_cfg["base_model_name_or_path"] = str(recipe.base_model)
+        cfg_file.write_text(json.dumps(peft_cfg, indent=2, sort_keys=True) + "\n")
+        t0 = time.perf_counter()
+        report["agreement_lora"] = agreement(policy(model_path, str(out)), held_eval)
+        log(f"LoRA adapter: oracle agreement {report['agreement_lora']['accuracy']:.3f} ({time.perf_counter() - t0:.0f} s)")
+        base_name = (str(Path(recipe.base.out).as_posix()) if recipe.base else str(recipe.base_model))
+        card = {"base_model": base_name, "model": display_name(str(recipe.base_model)), "recipe": recipe.name,
+                "data_sha256": report["data_sha256"], "split": report["split"], "holdout_tasks": recipe.holdout_tasks,
+                "train_seeds": recipe.train_seeds, "prompt": recipe.prompt, "train_examples": len(train),
+                "trained_rows": len(rows), "lora": lo.model_dump(exclude={"out"}),
                 "metrics": {"oracle_agreement_held_out": report["agreement_lora"]["accuracy"],
-                            "majority_baseline": report["agreement_lora"]["majority_baseline"]},
-                "model_note": "base is a scratch Qwen3-architecture model trained by tmsim, not Qwen3-0.6B"}
+                            "majority_baseline": report["agreement_lora"]["majority_baseline"],
+                            "eval_examples": len(held_eval)}}
+        base_sha = _base_hash(model_path)
+        if base_sha:
+            card["base_model_sha256"] = base_sha
+        if "qwen3-tiny" in base_name or "qwen3-tiny" in str(recipe.base_model):
+            card["model_note"] = "base is a scratch Qwen3-architecture model trained by tmsim, not Qwen3-0.6B"
         (out / "tmsim_adapter.json").write_text(json.dumps(card, indent=2) + "\n")
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     return report
+
+
+def _base_hash(model) -> str | None:
+    """SHA-256 of the base checkpoint's weights (from its ``tmsim_model.json`` when tmsim converted it)."""
+    from ...models import resolve_model
+
+    try:
+        d = Path(resolve_model(str(model)))
+    except FileNotFoundError:
+        return None
+    card = d / "tmsim_model.json"
+    if card.is_file():
+        return json.loads(card.read_text()).get("safetensors_sha256")
+    f = d / "model.safetensors"
+    if f.is_file():
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+        return h.hexdigest()
+    return None
+
+
+def _train_with_trainer(model, rows, steps: int, lr: float, batch: int, seed: int, pad: int, device: str, log) -> list[float]:
+    """The same weighted target-token loss as ``_train``, run by transformers' ``Trainer`` (AdamW, warm-up then
+    linear decay, gradient clipping at 1.0; no checkpoints written)."""
+    import tempfile
+
+    import torch
+    from transformers import Trainer, TrainerCallback, TrainingArguments
+
+    class Rows(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(rows)
+
+        def __getitem__(self, i):
+            p, t, w = rows[i]
+            return {"input_ids": p + t, "labels": [-100] * len(p) + t, "weight": w}
+
+    def collate(items):
+        width = max(len(x["input_ids"]) for x in items)
+        ids = torch.full((len(items), width), pad, dtype=torch.long)
+        labels = torch.full((len(items), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(items), width), dtype=torch.long)
+        for i, x in enumerate(items):
+            n = len(x["input_ids"])
+            ids[i, :n] = torch.tensor(x["input_ids"])
+            labels[i, :n] = torch.tensor(x["labels"])
+            mask[i, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask,
+                "weight": torch.tensor([x["weight"] for x in items], dtype=torch.float32)}
+
+    class WeightedTrainer(Trainer):
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            w = inputs.pop("weight")
+            labels = inputs.pop("labels")
+            out = model(**inputs)
+            logits = out.logits.float()
+            lp = torch.nn.functional.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]),
+                                                   labels[:, 1:].reshape(-1), ignore_index=-100,
+                                                   reduction="none").view(labels.shape[0], -1)
+            per = lp.sum(1) / (labels[:, 1:] != -100).sum(1).clamp_min(1)
+            loss = (per * w).sum() / w.sum()
+            return (loss, out) if return_outputs else loss
+
+    losses: list[float] = []
+    t0 = time.perf_counter()
+
+    class Log(TrainerCallback):
+        def on_log(self, args, state, control, logs=None, **kw):
+            if logs and "loss" in logs:
+                losses.append(float(logs["loss"]))
+                if log:
+                    log(f"  step {state.global_step}/{steps}  loss {logs['loss']:.3f}  ({time.perf_counter() - t0:.0f} s)")
+
+    with tempfile.TemporaryDirectory() as tmp:
+        args = TrainingArguments(output_dir=tmp, max_steps=steps, per_device_train_batch_size=batch, learning_rate=lr,
+                                 lr_scheduler_type="linear", warmup_steps=min(10, max(steps // 10, 1)),
+                                 weight_decay=0.0, max_grad_norm=1.0, logging_steps=max(1, steps // 10),
+                                 save_strategy="no", report_to=[], seed=seed, data_seed=seed,
+                                 remove_unused_columns=False, dataloader_num_workers=0, disable_tqdm=True,
+                                 use_cpu=device == "cpu")
+        trainer = WeightedTrainer(model=model, args=args, train_dataset=Rows(), data_collator=collate,
+                                  callbacks=[Log()])
+        trainer.train()
+    model.eval()
+    return losses
 
 
 def _path(value: str, repo: Path, output: bool = False) -> Path | str:

@@ -34,7 +34,7 @@ def prompt_corpus(traces: str | Path, limit: int = 4000) -> list[str]:
 
     snaps = decision_points(load_library(traces))
     step = max(1, len(snaps) // limit)
-    texts = [system_prompt(s.offered) for s in snaps[::step][:50]]
+    texts = [system_prompt(s.offered, style="terse") for s in snaps[::step][:50]]
     texts += [s.to_text() for s in snaps[::step][:limit]]
     return texts
 

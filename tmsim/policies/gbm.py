@@ -1,0 +1,103 @@
+"""A learned baseline: a gradient-boosted classifier on the snapshot's numbers.
+
+It learns the same labels as the fine-tuned LLM manager (``tmsim.policies.llm.finetune.build_dataset``): at every
+recorded node of the training split, the action with the best expected final validation loss over replicates (the
+oracle's choice), each example weighted by its advantage over doing nothing. Its inputs are only what a snapshot
+shows as numbers: where the run is (epoch share), the hyperparameters (log scales), the computed signals, the last
+epoch's losses, accuracies, gradient norm and update ratio relative to the run's start, and how many decisions were
+taken. The task's name is *not* a feature, so a held-out task is judged from its telemetry alone.
+
+The model is scikit-learn's ``HistGradientBoostingClassifier`` with a fixed ``random_state`` (no subsampling), fitted
+when the policy is built from the library's training split (``train_seeds``: even or odd; ``holdout_tasks``: tasks
+never seen), so the same library gives the same model. At a decision it takes the most probable *offered* action.
+
+A spec::
+
+    name = "gbm"
+    kind = "gbm"
+    trained_on = { seeds = "even", holdout_tasks = ["friedman-mlp"] }
+    [settings]
+    train_seeds = "even"
+    holdout_tasks = ["friedman-mlp"]
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ..core.actions import Proposal
+from ..core.snapshot import Snapshot
+
+FEATURES = ("epoch_share", "log_lr", "log_wd", "dropout", "log_aux", "losses", "gap", "gap_trend", "train_slope",
+            "val_slope", "val_rise", "progress", "epochs_since_best", "overfitting", "diverging", "plateau",
+            "val_vs_first", "train_vs_val", "train_acc", "val_acc", "log_grad_norm", "log_update_ratio", "decisions")
+
+
+def _num(x) -> float:
+    return float(x) if x is not None and math.isfinite(float(x)) else math.nan
+
+
+def _log(x) -> float:
+    return math.log(x) if x is not None and math.isfinite(x) and x > 0 else math.nan
+
+
+def features(s: Snapshot) -> list[float]:
+    """The numeric feature vector of a snapshot (``FEATURES`` order; NaN where a value is undefined)."""
+    hp, sig, last, first = s.hparams, s.signals, s.history[-1], s.history[0]
+    return [s.epoch / max(s.max_epochs, 1), _log(hp.lr), math.log(hp.weight_decay + 1e-5), hp.dropout,
+            _log(hp.aux_loss_weight) if hp.aux_loss_weight else 0.0, float(s.losses),
+            _num(sig.gap), _num(sig.gap_trend), _num(sig.train_slope), _num(sig.val_slope), _num(sig.val_rise),
+            _num(sig.progress), _num(sig.epochs_since_best), float(sig.overfitting), float(sig.diverging),
+            float(sig.plateau), _log(last.val_loss / first.val_loss) if last.val_loss and first.val_loss else math.nan,
+            _log(last.train_loss / last.val_loss) if last.train_loss and last.val_loss else math.nan,
+            _num(last.train_acc), _num(last.val_acc), _log(last.grad_norm), _log(last.update_ratio),
+            float(len(s.decisions))]
+
+
+class GBMPolicy:
+    """See the module docs. ``library`` is given by ``make_policy`` (``needs_library``)."""
+
+    needs_library = True
+
+    def __init__(self, library, train_seeds: str = "even", holdout_tasks: list[str] | None = None,
+                 max_iter: int = 200, learning_rate: float = 0.05, max_leaf_nodes: int = 15, random_state: int = 0,
+                 policy_id: str = "gbm", version: str = "1"):
+        from sklearn.ensemble import HistGradientBoostingClassifier
+
+        from .llm.finetune import build_dataset
+
+        if train_seeds not in ("even", "odd"):
+            raise TypeError("train_seeds must be 'even' or 'odd'")
+        self.policy_id, self.version = policy_id, version
+        self.trained_on = {"seeds": train_seeds, "holdout_tasks": list(holdout_tasks or [])}
+        train, _ = build_dataset(library, train_seeds, None, True, holdout_tasks=holdout_tasks)
+        if not train:
+            raise ValueError("the training split holds no recorded node with alternatives")
+        X = np.array([features(e.snapshot) for e in train], dtype=float)
+        y = np.array([e.target for e in train])
+        w = np.array([e.weight for e in train], dtype=float)
+        self.model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate,
+                                                    max_leaf_nodes=max_leaf_nodes, random_state=random_state,
+                                                    early_stopping=False)
+        self.model.fit(X, y, sample_weight=w)
+        self.classes = list(self.model.classes_)
+        self.train_examples = len(train)
+
+    def decide(self, snapshot: Snapshot) -> Proposal:
+        return self.decide_batch([snapshot])[0]
+
+    def decide_batch(self, snapshots: list[Snapshot]) -> list[Proposal]:
+        if not snapshots:
+            return []
+        proba = self.model.predict_proba(np.array([features(s) for s in snapshots], dtype=float))
+        out = []
+        for s, p in zip(snapshots, proba):
+            offered = set(s.offered) or {"continue"}
+            ranked = sorted((c for c in range(len(self.classes)) if self.classes[c] in offered), key=lambda c: -p[c])
+            if not ranked:
+                out.append(Proposal(action="continue", reason="no offered action among the learned classes"))
+                continue
+            c = ranked[0]
+            out.append(Proposal(action=self.classes[c], reason=f"gradient boosting: p={p[c]:.2f}"))
+        return out
