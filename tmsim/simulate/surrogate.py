@@ -34,13 +34,17 @@ from ..core.hparams import KNOB_SCALE, KNOBS, Hyperparams
 
 WINDOW = 5
 STATE_NAMES = ["frac_epoch", "log_val_over_init", "log_train_over_init", "log_val_over_best", "log_gap",
-               "val_slope", "train_slope", "val_acc",
-               "frac_since_best", "log_lr_over_init", "log_wd", "dropout", "log_aux"]
+               "val_slope", "train_slope", "val_rough", "frac_since_best",
+               "log_lr_over_init", "log_wd", "dropout", "log_aux", "log_update_ratio", "log_decay", "opt_adaptive", "opt_momentum"]
 ACTION_NAMES = ["dlog_lr", "dlog_wd", "d_dropout", "dlog_aux"]
-HORIZON_NAMES = ["k", "frac_after"]
+HORIZON_NAMES = ["k_seg", "frac_after"]
 FEATURES = STATE_NAMES + ACTION_NAMES + HORIZON_NAMES
 TARGETS = ["dlog_val", "dlog_train", "d_val_acc", "d_train_acc"]
 _WD_EPS = 1e-5
+#: Optimizer families that scale steps per parameter (their LR is a step size, not a gradient multiplier).
+ADAPTIVE = frozenset({"adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta", "adafactor", "lion"})
+#: log10 update-to-weight ratio assumed where a run never recorded one (the median over the bundled library).
+_UR_DEFAULT = -1.3
 
 
 _ACTION_COLS = [len(STATE_NAMES) + i for i in range(len(ACTION_NAMES))]
@@ -63,10 +67,18 @@ def _forest_mean(forest, X: np.ndarray) -> np.ndarray:
     return acc / len(forest.estimators_)
 
 
+def _predict(model, X: np.ndarray) -> np.ndarray:
+    """A fitted regressor's (n, targets) prediction; forests take the fast tree-by-tree path."""
+    if hasattr(model, "estimators_") and hasattr(model, "n_outputs_") and hasattr(model.estimators_[0], "tree_"):
+        return _forest_mean(model, X)
+    out = np.asarray(model.predict(X), float)
+    return out.reshape(len(X), -1)
+
+
 def _serial(model):
     """Predict on one thread: a forest's threaded predict sums trees in a varying order, and the simulator must
     give the same numbers every time (fitting stays parallel: each tree is deterministic on its own)."""
-    if model is not None:
+    if model is not None and "n_jobs" in model.get_params():
         model.set_params(n_jobs=1)
     return model
 
@@ -79,30 +91,104 @@ def _log(x: float | None, default: float = 0.0) -> float:
     return math.log(x) if x is not None and x > 0 and math.isfinite(x) else default
 
 
-def _slope(ys: list[float]) -> float:
+def _fit_line(ys: list[float]) -> tuple[float, float]:
+    """(slope per step, residual standard deviation) of a least-squares line through ``ys``."""
     n = len(ys)
     if n < 2:
-        return 0.0
+        return 0.0, 0.0
     xs = np.arange(n, dtype=float)
-    return float(np.polyfit(xs, np.asarray(ys, dtype=float), 1)[0])
+    y = np.asarray(ys, dtype=float)
+    coef = np.polyfit(xs, y, 1)
+    resid = y - np.polyval(coef, xs)
+    return float(coef[0]), float(np.sqrt(np.mean(resid ** 2))) if n > 2 else 0.0
 
 
-def state_features(hist: list[dict], hp: Hyperparams, hp_init: Hyperparams, max_epochs: int, n_losses: int) -> list[float]:
-    """Relative features of a run's state at its last epoch (``hist`` rows carry train/val loss and acc)."""
+@dataclass(frozen=True)
+class RunContext:
+    """What the surrogate knows of a run besides its history: its initial hyperparameters, length, decision
+    cadence, loss count and optimizer (family and settings, as recorded in ``runs``)."""
+
+    hp_init: Hyperparams
+    max_epochs: int
+    decide_every: int
+    n_losses: int = 1
+    optimizer: str | None = None
+    optimizer_settings: dict | None = None
+    steps_per_epoch: float | None = None
+
+    def decay_per_epoch(self, hp: Hyperparams) -> float:
+        """log10 of the share of the weights that weight decay removes in one epoch: ``lr x weight_decay x steps``,
+        over ``1 - momentum`` for SGD (its steady-state step); 1e-8 floors it."""
+        spe = self.steps_per_epoch or 10.0
+        mom = 1.0 / (1.0 - min(self.momentum, 0.99)) if self.adaptive == 0.0 else 1.0
+        return math.log10(hp.lr * hp.weight_decay * spe * mom + 1e-8)
+
+    @property
+    def adaptive(self) -> float:
+        """1 for optimizers with per-parameter step sizes (Adam and kin), 0 for SGD, 0.5 when not recorded."""
+        if not self.optimizer:
+            return 0.5
+        return 1.0 if self.optimizer.lower() in ADAPTIVE else 0.0
+
+    @property
+    def momentum(self) -> float:
+        """SGD's momentum or Adam's first beta (0.9 when not recorded)."""
+        st = self.optimizer_settings or {}
+        if isinstance(st.get("momentum"), (int, float)):
+            return float(st["momentum"])
+        betas = st.get("betas")
+        if isinstance(betas, (list, tuple)) and betas and isinstance(betas[0], (int, float)):
+            return float(betas[0])
+        return 0.0 if (self.optimizer or "").lower() == "sgd" else 0.9
+
+
+def run_context(meta: dict) -> RunContext:
+    """The ``RunContext`` of a ``TreeIndex.meta`` entry."""
+    return RunContext(meta["hp_init"], meta["max_epochs"], meta["decide_every"], meta.get("n_losses", 1),
+                      meta.get("optimizer"), meta.get("optimizer_settings") or {}, meta.get("steps_per_epoch"))
+
+
+def _update_ratio(hist: list[dict], lr: float) -> float:
+    """log10 of the update-to-weight ratio at the end of ``hist``: the last recorded one, scaled by how the LR has
+    changed since (rows the surrogate predicted have none); ``_UR_DEFAULT`` when the run never recorded one."""
+    for h in reversed(hist):
+        ur = h.get("update_ratio")
+        if ur is not None and ur > 0 and math.isfinite(ur):
+            scale = lr / h["lr"] if h.get("lr") else 1.0
+            return math.log10(ur * scale) if scale > 0 else math.log10(ur)
+    return _UR_DEFAULT
+
+
+def state_features(hist: list[dict], hp: Hyperparams, ctx: RunContext) -> list[float]:
+    """Relative features of a run's state at its last epoch (``hist`` rows carry train/val loss and acc).
+
+    Slopes are per decision segment (per-epoch slope x ``decide_every``), so runs deciding at other cadences
+    compare; ``val_rough`` is the residual spread of log val loss around its trend over the window (noise,
+    oscillation). Accuracy is not a feature: only classification tasks have one, so it would tell tasks apart
+    rather than describe a state."""
     first, last = hist[0], hist[-1]
     d = last["epoch"]
+    E = ctx.max_epochs
     v0, t0 = first["val_loss"], first["train_loss"]
     vd, td = last["val_loss"], last["train_loss"]
     vals = [(h["epoch"], h["val_loss"]) for h in hist if h["val_loss"] is not None]
     best_epoch, best = min(vals, key=lambda p: p[1])
     win = [h for h in hist[-(WINDOW + 1):] if h["val_loss"] and h["train_loss"]]
+    vslope, vrough = _fit_line([_log(h["val_loss"]) for h in win])
+    tslope, _ = _fit_line([_log(h["train_loss"]) for h in win])
+    hp_init = ctx.hp_init
     return [
-        d / max_epochs, _log(vd / v0), _log(td / t0), _log(vd / best), _log(vd / td),
-        _slope([_log(h["val_loss"]) for h in win]), _slope([_log(h["train_loss"]) for h in win]),
-        last.get("val_acc") if last.get("val_acc") is not None else -1.0, (d - best_epoch) / max_epochs,
+        d / E, _log(vd / v0), _log(td / t0), _log(vd / best), _log(vd / td),
+        vslope * ctx.decide_every, tslope * ctx.decide_every, vrough, (d - best_epoch) / E,
         _log(hp.lr / hp_init.lr), math.log10(hp.weight_decay + _WD_EPS), hp.dropout,
         _log(hp.aux_loss_weight) if hp.aux_loss_weight is not None else 0.0,
+        _update_ratio(hist, hp.lr), ctx.decay_per_epoch(hp), ctx.adaptive, ctx.momentum,
     ]
+
+
+def horizon_features(d: int, k: int, ctx: RunContext) -> list[float]:
+    """The horizon of a predicted epoch ``d + k``: in decision segments and as a fraction of the run."""
+    return [k / ctx.decide_every, (d + k) / ctx.max_epochs]
 
 
 def _knob_change(scale: str, old: float | None, new: float | None) -> float:
@@ -167,7 +253,8 @@ def segment_data(index, run_filter=None) -> SegmentData:
             hist = [rows[e] for e in range(0, d + 1)]
             now = hist[-1]
             hp = index.hparams_at(rid, d)
-            sf = state_features(hist, hp, meta["hp_init"], E_, meta["n_losses"])
+            ctx = run_context(meta)
+            sf = state_features(hist, hp, ctx)
             nxt = min(d + every, E_)
             cont = {}
             for k in range(1, nxt - d + 1):
@@ -189,12 +276,12 @@ def segment_data(index, run_filter=None) -> SegmentData:
                         diverged = r is not None and bool(r["diverged"])
                         break
                     y = _targets(r, now)
-                    X.append(sf + af + [k, (d + k) / E_])
+                    X.append(sf + af + horizon_features(d, k, ctx))
                     Y.append(y)
                     E.append([a - b for a, b in zip(y, cont[k])] if k in cont else [math.nan] * 4)
                     C.append(target == rid)
                     G.append(meta["root_run_id"])
-                Xs.append(sf + af + [nxt - d, nxt / E_])
+                Xs.append(sf + af + horizon_features(d, nxt - d, ctx))
                 div.append(diverged)
     return SegmentData(np.asarray(X, float), np.asarray(Y, float), np.asarray(E, float), np.asarray(C, bool),
                        np.asarray(G), np.asarray(Xs, float), np.asarray(div, bool))
@@ -211,7 +298,7 @@ class SurrogateModel(Protocol):
 
     def predict(self, X: np.ndarray) -> np.ndarray: ...
 
-    def band(self, k: np.ndarray) -> np.ndarray: ...
+    def band(self, X: np.ndarray) -> np.ndarray: ...
 
     def p_diverge(self, Xs: np.ndarray) -> np.ndarray: ...
 
@@ -221,91 +308,169 @@ class SurrogateModel(Protocol):
     def load(cls, path: str | Path) -> "SurrogateModel": ...
 
 
-class Surrogate:
-    """Predicts the next segment's per-epoch losses, an 80% band, and the probability of divergence."""
+#: Model classes the surrogate can be built from (``Surrogate(model=...)``); ``MODEL_CLASSES[0]`` is the default,
+#: chosen on the fidelity protocol's validation split (docs/simulator.md, "Choosing the surrogate").
+MODEL_CLASSES = ("forest", "boosting", "mlp", "knn")
+#: The range of the out-of-fold effect calibration factor (``Surrogate._calibrate``).
+EFFECT_SCALE = (0.25, 3.0)
+#: Horizon bins of the band: a predicted epoch's place in its segment (``k_seg``), in fifths.
+BAND_BINS = 5
 
-    def __init__(self, n_estimators: int = 80, min_samples_leaf: int = 5, max_samples: float | None = 0.5, seed: int = 0):
-        self.params = dict(n_estimators=n_estimators, min_samples_leaf=min_samples_leaf, max_samples=max_samples, seed=seed)
+
+def _band_bin(k_seg: np.ndarray) -> np.ndarray:
+    return np.clip(np.ceil(np.asarray(k_seg, float) * BAND_BINS - 1e-9), 1, BAND_BINS).astype(int)
+
+
+class Surrogate:
+    """Predicts the next segment's per-epoch losses, an 80% band, and the probability of divergence.
+
+    ``model`` picks the regressors of the do-nothing and effect models: ``forest`` (extremely randomised trees,
+    the default), ``boosting`` (histogram gradient boosting, one per target), ``mlp`` (a standardised two-layer
+    perceptron) or ``knn`` (standardised nearest neighbours). The divergence classifier is a forest in every
+    class. ``band_groups`` picks the folds the band is calibrated on: ``task`` (whole tasks held out, when the
+    data holds 3 or more; the band then measures the error on a task the model has not seen) or ``tree``.
+    """
+
+    def __init__(self, n_estimators: int = 80, min_samples_leaf: int = 5, max_samples: float | None = 0.5, seed: int = 0,
+                 model: str = "forest", band_groups: str = "task", calibrate_effects: bool = True,
+                 exclude: tuple[str, ...] = ()):
+        if model not in MODEL_CLASSES:
+            raise ValueError(f"unknown surrogate model {model!r} (one of {', '.join(MODEL_CLASSES)})")
+        if band_groups not in ("task", "tree"):
+            raise ValueError(f"band_groups must be 'task' or 'tree', not {band_groups!r}")
+        self.params = dict(n_estimators=n_estimators, min_samples_leaf=min_samples_leaf, max_samples=max_samples,
+                           seed=seed, model=model, band_groups=band_groups,
+                           calibrate_effects=calibrate_effects, exclude=list(exclude))
         self.base = self.effect = self.clf = None
-        self.q = None  # (max_k + 1, 2): residual quantiles of dlog_val per horizon
+        self.q = None  # (BAND_BINS + 1, 2): residual quantiles of dlog_val per horizon bin (row 0 unused)
+        self.scale = np.ones(len(TARGETS))  # the effect model's out-of-fold stretch per target (see ``_calibrate``)
         self.info: dict = {}
         self.sha256: str | None = None  # the digest of the file this surrogate was saved to or loaded from
         self.identity: str | None = None  # ``surrogate_id`` when it came from ``surrogate_for``
 
-    def _models(self):
-        from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
+    def _regressor(self, n_estimators: int):
+        p = self.params
+        if p["model"] == "forest":
+            from sklearn.ensemble import ExtraTreesRegressor
+
+            return ExtraTreesRegressor(n_estimators=n_estimators, min_samples_leaf=p["min_samples_leaf"],
+                                       random_state=p["seed"], n_jobs=-1, bootstrap=p["max_samples"] is not None,
+                                       max_samples=p["max_samples"], max_features=0.6)
+        if p["model"] == "boosting":
+            from sklearn.ensemble import HistGradientBoostingRegressor
+            from sklearn.multioutput import MultiOutputRegressor
+
+            return MultiOutputRegressor(HistGradientBoostingRegressor(
+                max_iter=max(2 * n_estimators, 60), learning_rate=0.08, min_samples_leaf=max(p["min_samples_leaf"], 10),
+                l2_regularization=1.0, random_state=p["seed"]))
+        from sklearn.pipeline import make_pipeline
+        from sklearn.preprocessing import StandardScaler
+
+        if p["model"] == "mlp":
+            from sklearn.neural_network import MLPRegressor
+
+            return make_pipeline(StandardScaler(), MLPRegressor(hidden_layer_sizes=(64, 64), alpha=1e-3, max_iter=300,
+                                                                early_stopping=True, random_state=p["seed"]))
+        from sklearn.neighbors import KNeighborsRegressor
+
+        return make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=25, weights="distance"))
+
+    def _classifier(self, n_estimators: int):
+        from sklearn.ensemble import ExtraTreesClassifier
 
         p = self.params
-        common = dict(n_estimators=p["n_estimators"], min_samples_leaf=p["min_samples_leaf"], random_state=p["seed"],
-                      n_jobs=-1, bootstrap=p["max_samples"] is not None, max_samples=p["max_samples"], max_features=0.6)
-        return ExtraTreesRegressor(**common), ExtraTreesClassifier(**common)
+        return ExtraTreesClassifier(n_estimators=n_estimators, min_samples_leaf=p["min_samples_leaf"],
+                                    random_state=p["seed"], n_jobs=-1, bootstrap=p["max_samples"] is not None,
+                                    max_samples=p["max_samples"], max_features=0.6)
+
+    def _mask(self, X: np.ndarray) -> np.ndarray:
+        """``X`` with the excluded features set to 0 (a constant: the model cannot use them)."""
+        if not self.params.get("exclude"):
+            return X
+        X = X.copy()
+        X[:, [FEATURES.index(f) for f in self.params["exclude"]]] = 0.0
+        return X
 
     def fit(self, data: SegmentData, calibrate: bool = True) -> "Surrogate":
         """Fit the do-nothing model on do-nothing segments, the effect model on paired differences, and the
         divergence classifier on all segments; then calibrate the band out of fold."""
         if len(data.X) == 0 or not data.cont.any():
             raise ValueError("no recorded segments to fit the surrogate on")
+        if self.params.get("exclude"):
+            data = SegmentData(self._mask(data.X), data.Y, data.E, data.cont, data.groups, self._mask(data.Xs), data.div)
         self.base, self.effect, self.clf = self._fit_models(data, self.params["n_estimators"])
-        kmax = int(data.X[:, FEATURES.index("k")].max())
-        self.q = np.tile([-0.1, 0.1], (kmax + 1, 1))
+        self.q = np.tile([-0.1, 0.1], (BAND_BINS + 1, 1))
+        tasks = sorted({str(g).split(":", 1)[0] for g in data.groups.tolist()})
         if calibrate:
-            self.q = self._calibrate(data, kmax)
+            self.q, self.scale = self._calibrate(data, tasks)
         self.info = {"rows": int(len(data.X)), "segments": int(len(data.Xs)), "diverged_segments": int(data.div.sum()),
                      "trees": int(len(set(data.groups.tolist()))),
                      # the tasks it has seen (a root run id starts with its task): the zero-shot warning reads it
-                     "tasks": sorted({str(g).split(":", 1)[0] for g in data.groups.tolist()})}
+                     "tasks": tasks}
         return self
 
-    def _fit_models(self, data: SegmentData, n_estimators: int):
-        base, effect = self._models()[0], self._models()[0]
-        clf = self._models()[1]
-        for m in (base, effect, clf):
-            m.set_params(n_estimators=n_estimators)
+    def _fit_models(self, data: SegmentData, n_estimators: int, classifier: bool = True):
+        base, effect = self._regressor(n_estimators), self._regressor(n_estimators)
         base.fit(_no_action(data.X[data.cont]), data.Y[data.cont])
         paired = ~np.isnan(data.E).any(axis=1)
         effect.fit(data.X[paired], data.E[paired])
-        if data.div.any():
-            clf.fit(data.Xs, data.div)
-        else:
-            clf = None
+        clf = None
+        if classifier and data.div.any():
+            clf = self._classifier(n_estimators).fit(data.Xs, data.div)
         return tuple(_serial(m) for m in (base, effect, clf))
 
-    def _calibrate(self, data: SegmentData, kmax: int) -> np.ndarray:
-        """Out-of-fold residual quantiles of dlog_val per horizon, folds split by tree (unseen runs)."""
+    def _calibrate(self, data: SegmentData, tasks: list[str]) -> np.ndarray:
+        """Cross-conformal band: out-of-fold residuals of dlog_val (recorded minus predicted), their 10% and 90%
+        quantiles per horizon bin. Folds hold out whole tasks (``band_groups = "task"``, 3 tasks or more) or trees."""
         from sklearn.model_selection import GroupKFold
 
-        groups = data.groups
+        by_task = self.params["band_groups"] == "task" and len(tasks) >= 3
+        groups = np.array([str(g).split(":", 1)[0] for g in data.groups]) if by_task else data.groups
         n_folds = min(4, len(set(groups.tolist())))
         resid = np.full(len(data.X), np.nan)
+        eff = np.full(data.E.shape, np.nan)
         if n_folds >= 2:
             for tr, te in GroupKFold(n_splits=n_folds).split(data.X, groups=groups):
                 sub = SegmentData(data.X[tr], data.Y[tr], data.E[tr], data.cont[tr], groups[tr], data.Xs[:0], data.div[:0])
                 if not sub.cont.any():
                     continue
-                base, effect, _ = self._fit_models(sub, max(20, self.params["n_estimators"] // 3))
-                pred = base.predict(_no_action(data.X[te])) + effect.predict(data.X[te])
-                resid[te] = data.Y[te, 0] - pred[:, 0]
-        k = data.X[:, FEATURES.index("k")].astype(int)
-        q = np.zeros((kmax + 1, 2))
-        for h in range(1, kmax + 1):
-            r = resid[(k == h) & ~np.isnan(resid)]
+                base, effect, _ = self._fit_models(sub, max(20, self.params["n_estimators"] // 3), classifier=False)
+                eff[te] = _predict(effect, data.X[te])
+                resid[te] = data.Y[te, 0] - _predict(base, _no_action(data.X[te]))[:, 0]
+        # Effects calibrated out of fold: the least-squares factor that maps the predicted effects of action rows
+        # (on folds the models did not see: other tasks, with band_groups "task") onto the recorded paired
+        # differences, within EFFECT_SCALE. It stretches effects that averaging shrank toward zero and damps those
+        # that do not carry over to an unseen task.
+        scale = np.ones(len(TARGETS))
+        rows = ~np.isnan(eff).any(axis=1) & ~np.isnan(data.E).any(axis=1) & ~data.cont
+        for j in range(len(TARGETS)):
+            p, y = eff[rows, j], data.E[rows, j]
+            if len(p) >= 20 and float(p @ p) > 0:
+                scale[j] = float(np.clip((p @ y) / (p @ p), *EFFECT_SCALE))
+        if not self.params["calibrate_effects"]:
+            scale = np.ones(len(TARGETS))
+        resid = resid - eff[:, 0] * scale[0]  # recorded minus (do-nothing + stretched effect)
+        b = _band_bin(data.X[:, FEATURES.index("k_seg")])
+        q = np.zeros((BAND_BINS + 1, 2))
+        for h in range(1, BAND_BINS + 1):
+            r = resid[(b == h) & ~np.isnan(resid)]
             q[h] = np.quantile(r, [0.1, 0.9]) if len(r) else (-0.1, 0.1)
         q[0] = q[1]
-        return q
+        return q, scale
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Targets (``TARGETS`` order) for feature rows ``X``: the do-nothing trajectory plus the action's effect."""
-        return _forest_mean(self.base, _no_action(X)) + _forest_mean(self.effect, X)
+        X = self._mask(X)
+        return _predict(self.base, _no_action(X)) + _predict(self.effect, X) * self.scale
 
-    def band(self, k: np.ndarray) -> np.ndarray:
-        """(n, 2) residual quantiles of ``dlog_val`` for horizons ``k`` (beyond the fitted ones: the last)."""
-        idx = np.clip(k.astype(int), 0, len(self.q) - 1)
-        return self.q[idx]
+    def band(self, X: np.ndarray) -> np.ndarray:
+        """(n, 2) residual quantiles of ``dlog_val`` for feature rows ``X`` (by their horizon in the segment)."""
+        return self.q[_band_bin(X[:, FEATURES.index("k_seg")])]
 
     def p_diverge(self, Xs: np.ndarray) -> np.ndarray:
         if self.clf is None or len(Xs) == 0:
             return np.zeros(len(Xs))
-        proba = self.clf.predict_proba(Xs)
+        proba = self.clf.predict_proba(self._mask(Xs))
         return proba[:, list(self.clf.classes_).index(True)] if True in self.clf.classes_ else np.zeros(len(Xs))
 
     # --- safe persistence ---------------------------------------------------------------------------------------
@@ -317,9 +482,10 @@ class Surrogate:
 
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        state = {"format": "tmsim-surrogate-1", "params": json.dumps(self.params), "info": json.dumps(self.info),
+        state = {"format": FORMAT, "params": json.dumps(self.params), "info": json.dumps(self.info),
                  "features": json.dumps(FEATURES), "targets": json.dumps(TARGETS),
-                 "base": self.base, "effect": self.effect, "clf": self.clf, "q": self.q}
+                 "base": self.base, "effect": self.effect, "clf": self.clf, "q": self.q,
+                 "scale": np.asarray(self.scale, float)}
         data = sio.dumps(state)
         digest = hashlib.sha256(data).hexdigest()
         _write_atomic(path, data)
@@ -359,19 +525,25 @@ class Surrogate:
         except Exception as exc:
             raise SurrogateError(f"{path}: cannot be loaded ({type(exc).__name__}: {exc})") from None
         from sklearn.ensemble import ExtraTreesClassifier, ExtraTreesRegressor
+        from sklearn.multioutput import MultiOutputRegressor
+        from sklearn.pipeline import Pipeline
 
-        if not isinstance(state, dict) or state.get("format") != "tmsim-surrogate-1":
-            raise SurrogateError(f"{path}: field 'format' is not 'tmsim-surrogate-1'")
-        expect = {"base": ExtraTreesRegressor, "effect": ExtraTreesRegressor, "clf": (ExtraTreesClassifier, type(None)),
-                  "q": np.ndarray, "params": str, "info": str, "features": str}
+        if not isinstance(state, dict) or state.get("format") != FORMAT:
+            raise SurrogateError(f"{path}: field 'format' is not {FORMAT!r}")
+        regressor = (ExtraTreesRegressor, MultiOutputRegressor, Pipeline)
+        expect = {"base": regressor, "effect": regressor, "clf": (ExtraTreesClassifier, type(None)),
+                  "q": np.ndarray, "scale": np.ndarray, "params": str, "info": str, "features": str}
         for key, typ in expect.items():
             if key not in state or not isinstance(state[key], typ):
                 raise SurrogateError(f"{path}: field {key!r} is missing or of the wrong type")
         if json.loads(state["features"]) != FEATURES:
             raise SurrogateError(f"{path}: field 'features' does not match this tmsim; refit the surrogate")
-        s = cls(**json.loads(state["params"]))
+        try:
+            s = cls(**json.loads(state["params"]))
+        except (TypeError, ValueError) as exc:
+            raise SurrogateError(f"{path}: field 'params' does not match this tmsim ({exc}); refit the surrogate") from None
         s.base, s.effect, s.clf = (_serial(state[k]) for k in ("base", "effect", "clf"))
-        s.q, s.info = np.asarray(state["q"]), json.loads(state["info"])
+        s.q, s.info, s.scale = np.asarray(state["q"]), json.loads(state["info"]), np.asarray(state["scale"], float)
         s.sha256 = hashlib.sha256(data).hexdigest()
         return s
 
@@ -386,6 +558,9 @@ class Surrogate:
 
 
 DIGEST_FORMAT = "tmsim-surrogate-digest-1"
+#: The surrogate file format; a file of another format (an older band or feature layout) is refused, and refitted
+#: where it sits in the cache.
+FORMAT = "tmsim-surrogate-2"
 
 
 def digest_path(path: str | Path) -> Path:
@@ -419,6 +594,9 @@ TRUSTED_TYPES = {
     "sklearn.tree._tree.Tree", "builtins.slice", "numpy.dtype", "numpy.ndarray", "numpy.float64", "numpy.int64",
     "numpy.random.mtrand.RandomState", "numpy.random._mt19937.MT19937", "numpy.random._pickle.__randomstate_ctor",
     "numpy.random._pickle.__bit_generator_ctor",
+    # the other model classes (skops trusts scikit-learn's estimators, pipelines and scalers themselves)
+    "sklearn.ensemble._hist_gradient_boosting.predictor.TreePredictor",
+    "sklearn.neural_network._stochastic_optimizers.AdamOptimizer",
 }
 
 
@@ -429,8 +607,8 @@ def surrogate_id(library_hash: str, params: dict) -> str:
 
     from .. import __version__
 
-    blob = json.dumps({"library": library_hash, "params": params, "features": FEATURES, "sklearn": sklearn.__version__,
-                       "tmsim": __version__}, sort_keys=True)
+    blob = json.dumps({"library": library_hash, "params": params, "features": FEATURES, "format": FORMAT,
+                       "sklearn": sklearn.__version__, "tmsim": __version__}, sort_keys=True)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
@@ -441,7 +619,7 @@ def surrogate_for(index, library_hash: str, cache_dir: str | Path, n_estimators:
     there. ``sha256`` is the digest of the file actually used (what a promotion record stores); the surrogate's
     ``identity`` attribute holds ``surrogate_id``. A cached file that does not match its digest (swapped or
     damaged) is refitted with a warning (``log``, or the ``tmsim.surrogate`` logger when ``log`` is None)."""
-    params = dict(n_estimators=n_estimators, min_samples_leaf=5, max_samples=0.5, seed=seed)
+    params = Surrogate(n_estimators=n_estimators, seed=seed).params  # every setting, defaults included
     sid = surrogate_id(library_hash, params)
     path = Path(cache_dir) / f"{sid[:16]}.skops"
 
@@ -465,7 +643,7 @@ def surrogate_for(index, library_hash: str, cache_dir: str | Path, n_estimators:
             warn(f"{exc}; refitting")
     if log:
         log(f"fitting the surrogate on the library (cached as {path})")
-    sur = Surrogate(**params).fit(segment_data(index))
+    sur = Surrogate(**{k: (tuple(v) if k == "exclude" else v) for k, v in params.items()}).fit(segment_data(index))
     sur.save(path, identity=sid)
     sur.identity = sid
     return sur, sur.sha256, path

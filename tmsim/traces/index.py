@@ -17,6 +17,8 @@ Example
 """
 from __future__ import annotations
 
+import json
+
 import re
 from collections import defaultdict
 from typing import Iterator
@@ -32,6 +34,17 @@ ROW_FIELDS = list(EpochView._fields) + ["diverged"]
 _REPLICATE = re.compile(r":r\d+(?=\+|$)")
 
 
+def _settings(raw: str | None) -> dict:
+    """A run's recorded optimizer settings (``{}`` when absent or unreadable: they only inform the surrogate)."""
+    if not raw:
+        return {}
+    try:
+        out = json.loads(raw)
+    except ValueError:
+        return {}
+    return out if isinstance(out, dict) else {}
+
+
 def path_of(run_id: str) -> str:
     """A run's *path*: its run id without the replicate (``digits-mlp:overfit:s0:r2+e5:lr_down`` ->
     ``digits-mlp:overfit:s0+e5:lr_down``). Replicates of one tree share their paths; the truth of a path is the
@@ -40,8 +53,9 @@ def path_of(run_id: str) -> str:
 
 
 class TreeIndex:
-    """The library's trees in memory (see the module docs). ``meta[run_id]`` holds the ``runs`` row plus ``hp_init``
-    and ``n_losses``; ``index[run_id]`` is {epoch: row} of the run's full history.
+    """The library's trees in memory (see the module docs). ``meta[run_id]`` holds the ``runs`` row plus ``hp_init``,
+    ``n_losses``, ``optimizer_settings`` (the parsed ``optimizer_json``; ``{}`` when not recorded) and
+    ``steps_per_epoch`` (None when steps are not recorded); ``index[run_id]`` is {epoch: row} of the run's full history.
 
     Parameters
     ----------
@@ -58,8 +72,12 @@ class TreeIndex:
         with TraceDB(library) as db:
             runs = db.sql("""select run_id, parent_run_id, root_run_id, task, scenario, seed, replicate, branch_epoch, branch_action,
                                     status, end_epoch, max_epochs, decide_every, source, init_lr, init_weight_decay,
-                                    init_dropout, init_aux_loss_weight from runs""").to_pylist()
+                                    init_dropout, init_aux_loss_weight, optimizer, optimizer_json from runs""").to_pylist()
             own = db.sql(f"select run_id, {', '.join(ROW_FIELDS)}, wall_time_s from epochs order by run_id, epoch")
+            # optimizer steps per epoch of each tree (null in version-1 files, which do not record steps)
+            spe = {row["root"]: row["spe"] for row in db.sql(
+                """select r.root_run_id as root, max(e.step) / max(e.epoch) as spe from epochs e join runs r using (run_id)
+                   where e.step is not null and e.epoch > 0 group by 1""").to_pylist()}
         self.meta: dict[str, dict] = {}
         self.children: dict[str, dict[tuple[int, str], str]] = defaultdict(dict)
         #: path (a run id without its replicate) -> the run ids of that path, one per replicate that holds it
@@ -67,12 +85,15 @@ class TreeIndex:
         for r in runs:
             r["hp_init"] = Hyperparams.from_row(r, prefix="init_")
             r["n_losses"] = 2 if r["init_aux_loss_weight"] is not None else 1
+            r["optimizer_settings"] = _settings(r.pop("optimizer_json"))
             r["path"] = path_of(r["run_id"])
             r["group"] = (r["task"], r["scenario"], r["seed"])
             self.meta[r["run_id"]] = r
             self.by_path[r["path"]].append(r["run_id"])
             if r["parent_run_id"] is not None:
                 self.children[r["parent_run_id"]][(r["branch_epoch"], r["branch_action"])] = r["run_id"]
+        for r in self.meta.values():
+            r["steps_per_epoch"] = spe.get(r["root_run_id"])
         self.own: dict[str, dict[int, dict]] = defaultdict(dict)
         for row in own.to_pylist():
             self.own[row.pop("run_id")][row["epoch"]] = row
