@@ -43,6 +43,14 @@ SPLITS = ("validation", "test", "all")
 MIN_GAIN = 0.005
 #: Per-task and per-scenario rank agreement below this Spearman rho is flagged.
 RHO_FLAG = 0.7
+#: ... and so is Kendall tau below this, whatever rho says.
+TAU_FLAG = 0.4
+
+
+def flag(agreement: dict) -> bool:
+    """Whether a task's or scenario's rank agreement is too weak to lean on (rho below 0.7 or tau below 0.4)."""
+    rho, tau = agreement.get("spearman_rho"), agreement.get("kendall_tau")
+    return rho is None or tau is None or rho < RHO_FLAG or tau < TAU_FLAG
 
 
 def split_of(seed: int) -> str:
@@ -320,7 +328,7 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
             out = {}
             for key in ("kendall_tau", "kendall_tau_competitive", "spearman_rho", "regret_at_1"):
                 out[key] = _mean_sd([a[key] for a in lst])[0]
-            out["flag"] = out["spearman_rho"] is None or out["spearman_rho"] < RHO_FLAG
+            out["flag"] = flag(out)
             return out
 
         report["per_task"] = {t: {**agg(v), "roots": len(by_task[t])} for t, v in per_task_seeds.items()}
@@ -386,7 +394,7 @@ def measure_transfer(index: TreeIndex, surrogate, cfg: FidelityConfig | None = N
                      **_groups(index, roots, lambda m: f"{m['task']}/{m['scenario']}")}.items():
         a = ranking_agreement(_mean_scores(sim_scores, rs), _mean_scores(true_scores, rs))
         per[name] = {"kendall_tau": a["kendall_tau"], "spearman_rho": a["spearman_rho"], "regret_at_1": a["regret_at_1"],
-                     "roots": len(rs), "flag": a["spearman_rho"] is None or a["spearman_rho"] < RHO_FLAG}
+                     "roots": len(rs), "flag": flag(a)}
     out = {"policies": len(pool), "roots": len(roots), "roots_skipped": len(off), "tasks": tasks,
            "unseen_tasks": surrogate.unseen_tasks(tasks), "surrogate_tasks": surrogate.info.get("tasks"),
            **{k: v for k, v in agree.items()}, **branch_summary(branch),
@@ -427,7 +435,7 @@ def _per_lines(r: dict) -> list[str]:
     lines = []
     for title, key in (("per task", "per_task"), ("per scenario", "per_scenario")):
         if r.get(key):
-            lines.append(f"{title} (Spearman rho; FLAG below {RHO_FLAG}):")
+            lines.append(f"{title} (FLAG: Spearman rho below {RHO_FLAG} or Kendall tau below {TAU_FLAG}):")
             for name, v in r[key].items():
                 flag = "  FLAG" if v["flag"] else ""
                 lines.append(f"  {name:<28} rho {_f(v['spearman_rho']):>7}  tau {_f(v['kendall_tau']):>7}  "
