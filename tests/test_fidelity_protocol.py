@@ -154,3 +154,18 @@ def test_the_leaderboard_states_its_trust(small_library, tmp_path, capsys):
     assert main(["leaderboard", "--traces", str(small_library), "--fidelity", str(fid), "--policies",
                  "policies/rules.toml", "--no-report", "--quiet"]) == 0
     assert "fidelity was not measured on this library" in capsys.readouterr().out
+
+
+def test_a_suite_names_the_policies_it_is_scored_with(tmp_path):
+    """`tmsim leaderboard --suite S` without --policies takes the suite's own list (the LLM suite lists the LLM
+    managers and the learned baselines); paths resolve from the repository when not from the current directory."""
+    from tmsim.cli import _suite_policies
+    from tmsim.evaluate.leaderboard import load_suite
+
+    suite = load_suite("eval/suites/llm-heldout.toml")
+    names = [p.rsplit("/", 1)[-1] for p in _suite_policies(suite)]
+    assert {"llm-prompted.toml", "llm-lora.toml", "gbm.toml", "blind-lookup.toml", "rules.toml", "constant.toml",
+            "oracle.toml"} == set(names)
+    assert all(__import__("pathlib").Path(p).exists() for p in _suite_policies(suite))
+    plain = load_suite("eval/suites/default.toml")
+    assert _suite_policies(plain)[0].endswith("policies")

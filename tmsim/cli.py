@@ -254,13 +254,30 @@ def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: floa
     return result
 
 
+def _suite_policies(suite) -> list[str]:
+    """The policies a suite names (each relative to the current directory, else to the suite's repository), or the
+    bundled ``policies/`` when it names none."""
+    if not suite.policies:
+        return [str(DEFAULT_POLICIES)]
+    base = suite.path.resolve().parent if suite.path else REPO
+    while base != base.parent and not (base / "pyproject.toml").exists() and not (base / ".git").exists():
+        base = base.parent
+    out = []
+    for p in suite.policies:
+        here = Path(p)
+        if not here.exists() and (base / p).exists():
+            here = base / p
+        out.append(str(here))
+    return out
+
+
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
     from .evaluate.leaderboard import dumps, format_table, load_suite
     from .evaluate.report import write_report
     from .policies import find_specs
 
     suite = load_suite(args.suite)
-    specs = [s for arg in args.policies for s in find_specs(arg)]
+    specs = [s for arg in (args.policies or _suite_policies(suite)) for s in find_specs(arg)]
     lib = _load_lib(args.traces)
     result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout, args.surrogate, args.hide_trees,
                           rank_by="best" if args.restore_best else "final", pareto=args.rank_by == "pareto",
@@ -470,7 +487,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     lb = sub.add_parser("leaderboard", help="score policies offline on the trace library (the main job)")
     lb.add_argument("--traces", type=Path, default=None)
-    lb.add_argument("--policies", nargs="+", default=[str(DEFAULT_POLICIES)], help="spec files or directories")
+    lb.add_argument("--policies", nargs="+", default=None,
+                    help="spec files or directories (default: the suite's own `policies`, else policies/)")
     lb.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
     lb.add_argument("--json", type=Path, default=None)
     lb.add_argument("--report", type=Path, default=None, help="report directory (default eval/results/SUITE)")

@@ -80,6 +80,9 @@ class Suite(BaseModel):
     tasks: list[str] = Field(default_factory=list)
     scenarios: list[str] = Field(default_factory=list)
     seeds: list[int] = Field(default_factory=list)
+    #: policy spec files or directories the suite is scored with when a command names none (relative to the
+    #: directory the command runs in, else to the repository the suite file lies in)
+    policies: list[str] = Field(default_factory=list)
     bounds: Bounds = Field(default_factory=Bounds)
     gate: Gate = Field(default_factory=Gate)
     path: Path | None = None
