@@ -471,6 +471,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("summary", help="the trace library at a glance")
     s.add_argument("--traces", type=Path, default=None)
     s.set_defaults(func=_cmd_summary)
+    from .traces.importers import add_cli as _add_import_cli
+
+    _add_import_cli(sub)
     pol = sub.add_parser("policy", help="policy tools")
     psub = pol.add_subparsers(dest="policy_command", required=True)
     pc_ = psub.add_parser("check", help="run a policy over every decision point of a library, through the validator")
