@@ -83,6 +83,11 @@ def _serial(model):
     return model
 
 
+def task_of(tree: str) -> str:
+    """The task of a tree, from its root run id (``TASK:scenario:seed...``)."""
+    return str(tree).split(":", 1)[0]
+
+
 class SurrogateError(ValueError):
     """A surrogate file that cannot be used; the message names the file and why."""
 
@@ -353,9 +358,7 @@ class Surrogate:
         if p["model"] == "forest":
             from sklearn.ensemble import ExtraTreesRegressor
 
-            return ExtraTreesRegressor(n_estimators=n_estimators, min_samples_leaf=p["min_samples_leaf"],
-                                       random_state=p["seed"], n_jobs=-1, bootstrap=p["max_samples"] is not None,
-                                       max_samples=p["max_samples"], max_features=0.6)
+            return ExtraTreesRegressor(**self._forest_settings(n_estimators))
         if p["model"] == "boosting":
             from sklearn.ensemble import HistGradientBoostingRegressor
             from sklearn.multioutput import MultiOutputRegressor
@@ -375,13 +378,16 @@ class Surrogate:
 
         return make_pipeline(StandardScaler(), KNeighborsRegressor(n_neighbors=25, weights="distance"))
 
+    def _forest_settings(self, n_estimators: int) -> dict:
+        """The settings every forest of this surrogate shares (the regressors of ``forest`` and the classifier)."""
+        p = self.params
+        return dict(n_estimators=n_estimators, min_samples_leaf=p["min_samples_leaf"], random_state=p["seed"], n_jobs=-1,
+                    bootstrap=p["max_samples"] is not None, max_samples=p["max_samples"], max_features=0.6)
+
     def _classifier(self, n_estimators: int):
         from sklearn.ensemble import ExtraTreesClassifier
 
-        p = self.params
-        return ExtraTreesClassifier(n_estimators=n_estimators, min_samples_leaf=p["min_samples_leaf"],
-                                    random_state=p["seed"], n_jobs=-1, bootstrap=p["max_samples"] is not None,
-                                    max_samples=p["max_samples"], max_features=0.6)
+        return ExtraTreesClassifier(**self._forest_settings(n_estimators))
 
     def _mask(self, X: np.ndarray) -> np.ndarray:
         """``X`` with the excluded features set to 0 (a constant: the model cannot use them)."""
@@ -400,7 +406,7 @@ class Surrogate:
             data = SegmentData(self._mask(data.X), data.Y, data.E, data.cont, data.groups, self._mask(data.Xs), data.div)
         self.base, self.effect, self.clf = self._fit_models(data, self.params["n_estimators"])
         self.q = np.tile([-0.1, 0.1], (BAND_BINS + 1, 1))
-        tasks = sorted({str(g).split(":", 1)[0] for g in data.groups.tolist()})
+        tasks = sorted({task_of(g) for g in data.groups.tolist()})
         if calibrate:
             self.q, self.scale = self._calibrate(data, tasks)
         self.info = {"rows": int(len(data.X)), "segments": int(len(data.Xs)), "diverged_segments": int(data.div.sum()),
@@ -425,7 +431,7 @@ class Surrogate:
         from sklearn.model_selection import GroupKFold
 
         by_task = self.params["band_groups"] == "task" and len(tasks) >= 3
-        groups = np.array([str(g).split(":", 1)[0] for g in data.groups]) if by_task else data.groups
+        groups = np.array([task_of(g) for g in data.groups]) if by_task else data.groups
         n_folds = min(4, len(set(groups.tolist())))
         resid = np.full(len(data.X), np.nan)
         eff = np.full(data.E.shape, np.nan)
@@ -643,7 +649,7 @@ def surrogate_for(index, library_hash: str, cache_dir: str | Path, n_estimators:
             warn(f"{exc}; refitting")
     if log:
         log(f"fitting the surrogate on the library (cached as {path})")
-    sur = Surrogate(**{k: (tuple(v) if k == "exclude" else v) for k, v in params.items()}).fit(segment_data(index))
+    sur = Surrogate(**params).fit(segment_data(index))
     sur.save(path, identity=sid)
     sur.identity = sid
     return sur, sur.sha256, path
