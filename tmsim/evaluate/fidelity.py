@@ -274,6 +274,29 @@ def _groups(index: TreeIndex, roots: list[str], key) -> dict[str, list[str]]:
     return out
 
 
+def _by_task_and_scenario(index: TreeIndex, roots: list[str]) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+    """The roots of each task, and of each ``task/scenario``."""
+    return (_groups(index, roots, lambda m: m["task"]),
+            _groups(index, roots, lambda m: f"{m['task']}/{m['scenario']}"))
+
+
+def _per_group(sims: list[dict[str, dict[str, float]]], true_scores: dict, groups: dict[str, list[str]]) -> dict:
+    """Each group's rank agreement within its own roots, as the mean over ``sims`` (one simulated
+    ``{policy: {root: score}}`` per surrogate seed), with its root count and flag."""
+    out = {}
+    for name, rs in groups.items():
+        true_m = _mean_scores(true_scores, rs)
+        agreements = [ranking_agreement(_mean_scores(sim, rs), true_m) for sim in sims]
+        v = {key: _mean_sd([a[key] for a in agreements])[0]
+             for key in ("kendall_tau", "kendall_tau_competitive", "spearman_rho", "regret_at_1")}
+        out[name] = {**v, "roots": len(rs), "flag": flag(v)}
+    return out
+
+
+def _flagged(per_task: dict, per_scenario: dict) -> list[str]:
+    return sorted(k for k, v in {**per_task, **per_scenario}.items() if v["flag"])
+
+
 def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print) -> dict:
     """The fidelity protocol on the library behind ``index``, on ``cfg.split``; returns the report dict
     (keys in docs/simulator.md)."""
@@ -293,12 +316,10 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
                     "noise_ceiling_tau": noise_ceiling(index, true_scores, roots)}
 
     # leave one task out: the headline
-    tasks = sorted({index.meta[r]["task"] for r in roots})
-    by_task = _groups(index, roots, lambda m: m["task"])
-    by_scen = _groups(index, roots, lambda m: f"{m['task']}/{m['scenario']}")
+    by_task, by_scen = _by_task_and_scenario(index, roots)
+    tasks = sorted(by_task)
     if "task" in cfg.protocols and len(set(index.meta[r]["task"] for r in index.roots)) >= 2:
-        per_seed, per_task_seeds, per_scen_seeds, branch = [], {t: [] for t in tasks}, {s: [] for s in by_scen}, []
-        sim_first: dict[str, dict[str, float]] = {}
+        sims, branch = [], []
         for sseed in cfg.surrogate_seeds:
             sim: dict[str, dict[str, float]] = {p.policy_id: {} for p in pool}
             for t in tasks:
@@ -309,13 +330,8 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
                 if sseed == cfg.surrogate_seeds[0]:
                     branch += _branch_errors(index, sur, by_task[t], cfg)
                 progress(f"leave-one-task-out: {t} (surrogate seed {sseed}) done")
-            if not sim_first:
-                sim_first = sim
-            per_seed.append(ranking_agreement(_mean_scores(sim, roots), true_m))
-            for t in tasks:
-                per_task_seeds[t].append(ranking_agreement(_mean_scores(sim, by_task[t]), _mean_scores(true_scores, by_task[t])))
-            for sc, rs in by_scen.items():
-                per_scen_seeds[sc].append(ranking_agreement(_mean_scores(sim, rs), _mean_scores(true_scores, rs)))
+            sims.append(sim)
+        per_seed = [ranking_agreement(_mean_scores(sim, roots), true_m) for sim in sims]
         for key in ("kendall_tau", "kendall_tau_competitive", "kendall_tau_top5", "spearman_rho", "regret_at_1", "regret_at_3"):
             mean, sd = _mean_sd([a[key] for a in per_seed])
             report[f"{key}_task"], report[f"{key}_task_sd"] = mean, sd
@@ -323,29 +339,23 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
         report["competitive_policies"] = per_seed[0]["competitive_policies"]
         bs = branch_summary(branch)
         report.update({f"{k}_task" if k != "branches" else "branches_task": v for k, v in bs.items()})
-
-        def agg(lst):
-            out = {}
-            for key in ("kendall_tau", "kendall_tau_competitive", "spearman_rho", "regret_at_1"):
-                out[key] = _mean_sd([a[key] for a in lst])[0]
-            out["flag"] = flag(out)
-            return out
-
-        report["per_task"] = {t: {**agg(v), "roots": len(by_task[t])} for t, v in per_task_seeds.items()}
-        report["per_scenario"] = {s: {**agg(v), "roots": len(by_scen[s])} for s, v in per_scen_seeds.items()}
+        report["per_task"] = _per_group(sims, true_scores, by_task)
+        report["per_scenario"] = _per_group(sims, true_scores, by_scen)
         report["kendall_tau_per_task"] = {t: v["kendall_tau"] for t, v in report["per_task"].items()}
-        report["flagged"] = sorted([t for t, v in report["per_task"].items() if v["flag"]] +
-                                   [s for s, v in report["per_scenario"].items() if v["flag"]])
+        report["flagged"] = _flagged(report["per_task"], report["per_scenario"])
         report["sim_top_task"], report["true_top"] = per_seed[0]["sim_top"], per_seed[0]["true_top"]
-        report["sim_scores_task"] = _mean_scores(sim_first, roots)
+        report["sim_scores_task"] = _mean_scores(sims[0], roots)
     else:
         report["kendall_tau_task"] = None
+    if "seed" in cfg.protocols:
+        report.update(_held_out_seeds(index, cfg, pool, roots, true_m, progress))
+    report["seconds"] = round(time.perf_counter() - t0, 1)
+    report["true_scores"] = true_m
+    return report
 
-    if "seed" not in cfg.protocols:
-        report["seconds"] = round(time.perf_counter() - t0, 1)
-        report["true_scores"] = true_m
-        return report
-    # held-out seeds
+
+def _held_out_seeds(index: TreeIndex, cfg: FidelityConfig, pool: list, roots: list[str], true_m: dict, progress) -> dict:
+    """The held-out-seeds protocol's figures (see ``measure``)."""
     seed_of = {r: index.meta[r]["seed"] for r in roots}
     if cfg.split == "test":
         folds = [(roots, lambda m: split_of(m["seed"]) == "validation")]
@@ -365,13 +375,8 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
         branch += _branch_errors(index, sur, held, cfg)
         progress(f"held-out seeds: fold done ({len(held)} roots, surrogate on {sur.info['rows']} rows)")
     agree = ranking_agreement(_mean_scores(sim_seed, roots), true_m)
-    report.update({f"{k}_seed": v for k, v in agree.items() if k not in ("competitive_policies", "true_top", "sim_top")})
-    report["sim_top_seed"] = agree["sim_top"]
-    report.update(branch_summary(branch))
-    report["seconds"] = round(time.perf_counter() - t0, 1)
-    report["true_scores"] = true_m
-    report["sim_scores_seed"] = _mean_scores(sim_seed, roots)
-    return report
+    return {**{f"{k}_seed": v for k, v in agree.items() if k not in ("competitive_policies", "true_top", "sim_top")},
+            "sim_top_seed": agree["sim_top"], **branch_summary(branch), "sim_scores_seed": _mean_scores(sim_seed, roots)}
 
 
 def measure_transfer(index: TreeIndex, surrogate, cfg: FidelityConfig | None = None, progress=print) -> dict:
@@ -388,21 +393,15 @@ def measure_transfer(index: TreeIndex, surrogate, cfg: FidelityConfig | None = N
     true_m, sim_m = _mean_scores(true_scores, roots), _mean_scores(sim_scores, roots)
     agree = ranking_agreement(sim_m, true_m)
     branch = _branch_errors(index, surrogate, roots, cfg)
-    tasks = sorted({index.meta[r]["task"] for r in roots})
-    per = {}
-    for name, rs in {**_groups(index, roots, lambda m: m["task"]),
-                     **_groups(index, roots, lambda m: f"{m['task']}/{m['scenario']}")}.items():
-        a = ranking_agreement(_mean_scores(sim_scores, rs), _mean_scores(true_scores, rs))
-        per[name] = {"kendall_tau": a["kendall_tau"], "spearman_rho": a["spearman_rho"], "regret_at_1": a["regret_at_1"],
-                     "roots": len(rs), "flag": flag(a)}
+    by_task, by_scen = _by_task_and_scenario(index, roots)
+    tasks = sorted(by_task)
+    per_task, per_scenario = _per_group([sim_scores], true_scores, by_task), _per_group([sim_scores], true_scores, by_scen)
     out = {"policies": len(pool), "roots": len(roots), "roots_skipped": len(off), "tasks": tasks,
            "unseen_tasks": surrogate.unseen_tasks(tasks), "surrogate_tasks": surrogate.info.get("tasks"),
            **{k: v for k, v in agree.items()}, **branch_summary(branch),
-           "per_task": {k: v for k, v in per.items() if "/" not in k},
-           "per_scenario": {k: v for k, v in per.items() if "/" in k},
+           "per_task": per_task, "per_scenario": per_scenario, "flagged": _flagged(per_task, per_scenario),
            "noise_ceiling_tau": noise_ceiling(index, true_scores, roots),
            "true_scores": true_m, "sim_scores": sim_m, "seconds": round(time.perf_counter() - t0, 1)}
-    out["flagged"] = sorted(k for k, v in per.items() if v["flag"])
     return out
 
 
