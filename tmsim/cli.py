@@ -259,9 +259,9 @@ def _suite_policies(suite) -> list[str]:
     bundled ``policies/`` when it names none."""
     if not suite.policies:
         return [str(DEFAULT_POLICIES)]
-    base = suite.path.resolve().parent if suite.path else REPO
-    while base != base.parent and not (base / "pyproject.toml").exists() and not (base / ".git").exists():
-        base = base.parent
+    from .core.config import repo_root
+
+    base = (repo_root(suite.path.resolve().parent) if suite.path else None) or REPO
     out = []
     for p in suite.policies:
         here = Path(p)

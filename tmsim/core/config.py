@@ -1,4 +1,5 @@
-"""Reading TOML files into pydantic models, with one-line errors that name the file and the field."""
+"""Reading TOML files into pydantic models, with one-line errors that name the file and the field; the repository a
+file lies in."""
 from __future__ import annotations
 
 import tomllib
@@ -27,3 +28,11 @@ def load_toml_model(path: str | Path, model: type[M], what: str) -> M:
     except ValidationError as exc:
         err = exc.errors()[0]
         raise ValueError(f"{path}: field {'.'.join(map(str, err['loc']))!r}: {err['msg']}") from None
+
+
+def repo_root(start: Path) -> Path | None:
+    """The repository a file lies in: the nearest directory from ``start`` up with ``.git`` or ``pyproject.toml``."""
+    for d in [start, *start.parents]:
+        if (d / ".git").exists() or (d / "pyproject.toml").exists():
+            return d
+    return None

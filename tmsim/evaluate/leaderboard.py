@@ -577,8 +577,6 @@ FIDELITY_KEYS = ("kendall_tau_task", "kendall_tau_competitive_task", "regret_at_
 def fidelity_summary(paths, library_hash: str) -> dict | None:
     """The figures of the first ``tmsim fidelity --json`` report among ``paths`` that was measured on the library
     with ``library_hash`` (its ``library_sha256``); None when there is none. Unreadable files are passed over."""
-    from pathlib import Path
-
     for p in paths:
         try:
             r = json.loads(Path(p).read_text(encoding="utf-8"))

@@ -62,6 +62,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .. import __version__
 from ..core.actions import Bounds
+from ..core.config import repo_root
 from ..core.names import safe_name
 
 if TYPE_CHECKING:  # the gate reads scores and suites; importing their module would pull in the simulator
@@ -220,21 +221,13 @@ def record_path(promotions: Path, name: str) -> Path:
     return Path(promotions) / f"{safe_name(name, 'policy name')}.json"
 
 
-def _repo_root(start: Path) -> Path | None:
-    """The repository a record lies in: the nearest directory above it with ``.git`` or ``pyproject.toml``."""
-    for d in [start, *start.parents]:
-        if (d / ".git").exists() or (d / "pyproject.toml").exists():
-            return d
-    return None
-
-
 def _store_path(p: Path | None, record_dir: Path) -> str | None:
     """A path as a record stores it: relative to the record's directory when it lies in the record's repository,
     else absolute."""
     if p is None:
         return None
     p, record_dir = Path(os.path.abspath(p)), Path(os.path.abspath(record_dir))
-    root = _repo_root(record_dir)
+    root = repo_root(record_dir)  # the repository the record lies in
     if root is not None and p.is_relative_to(root):
         return Path(os.path.relpath(p, record_dir)).as_posix()
     return str(p)
