@@ -639,6 +639,13 @@ def _start_worker(ctx, task_refs: dict[str, str], pool: list[_Worker]) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def _join_all(pool: list[_Worker], seconds: float) -> None:
+    """Wait for every worker to end, ``seconds`` in all."""
+    deadline = time.monotonic() + seconds
+    for w in pool:
+        w.proc.join(max(0.0, deadline - time.monotonic()))
+
+
 def _stop_workers(pool: list[_Worker], graceful: bool) -> None:
     """End every worker in ``pool``: ask them to finish (``graceful``), then SIGTERM, then SIGKILL."""
     if graceful:
@@ -647,15 +654,11 @@ def _stop_workers(pool: list[_Worker], graceful: bool) -> None:
                 w.conn.send(None)
             except OSError:
                 pass
-        deadline = time.monotonic() + 10
-        for w in pool:
-            w.proc.join(max(0.0, deadline - time.monotonic()))
+        _join_all(pool, 10)
     for w in pool:
         if w.proc.is_alive():
             w.proc.terminate()
-    deadline = time.monotonic() + 5
-    for w in pool:
-        w.proc.join(max(0.0, deadline - time.monotonic()))
+    _join_all(pool, 5)
     for w in pool:
         if w.proc.is_alive():
             w.proc.kill()
