@@ -17,7 +17,6 @@ from pathlib import Path
 import torch
 
 from tmsim.live import LiveManager, TMSimCallback
-from tmsim.core import Hyperparams
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -34,8 +33,13 @@ class Chunks(torch.utils.data.Dataset):
         return {"input_ids": t, "labels": t.clone(), "attention_mask": torch.ones_like(t)}
 
 
+#: This run is no task of the bundled library, so no promoted policy's scope covers it: said, and recorded.
+OUT_OF_SCOPE = "example: a causal-LM fine-tune of a scratch Qwen3-architecture model, no recorded task"
+
+
 def main(spec: str = "policies/rules.toml", record: str | None = None, promotions: str | None = None,
-         epochs: int = 4, lr: float = 5e-3, mode: str = "sync", model_dir: str | None = None):
+         epochs: int = 4, lr: float = 5e-3, mode: str = "sync", model_dir: str | None = None,
+         out_of_scope: str | None = OUT_OF_SCOPE):
     from transformers import AutoModelForCausalLM, AutoTokenizer, Trainer, TrainingArguments
 
     model_dir = model_dir or str(REPO / "models" / "qwen3-tiny-scratch")
@@ -46,8 +50,9 @@ def main(spec: str = "policies/rules.toml", record: str | None = None, promotion
     split = int(len(ids) * 0.8)
     train, val = Chunks(ids[:split], 64), Chunks(ids[split:], 64)
     # the manager checks the spec's promotion record, then builds the policy from the spec itself
-    mgr = LiveManager.from_spec(spec, promotions=promotions, hparams=Hyperparams(lr=lr), max_epochs=epochs,
-                                decide_every=1, mode=mode, task="example-hf-lm", record_dir=record)
+    # the LR and weight decay come from the TrainingArguments and then the Trainer's optimizer: nothing to mirror
+    mgr = LiveManager.from_spec(spec, promotions=promotions, max_epochs=epochs, decide_every=1, mode=mode,
+                                task="example-hf-lm", out_of_scope=out_of_scope, record_dir=record)
     with tempfile.TemporaryDirectory() as out:
         args = TrainingArguments(output_dir=out, num_train_epochs=epochs, per_device_train_batch_size=8,
                                  per_device_eval_batch_size=16, learning_rate=lr, eval_strategy="epoch",

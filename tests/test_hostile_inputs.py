@@ -658,9 +658,13 @@ def _problems(root: Path, name: str = "halve") -> str:
     return "\n".join(problems)
 
 
+#: A live run inside the scope the small library's overfit roots give a promotion.
+IN_SCOPE = dict(task="digits-mlp", scenario="overfit", max_epochs=20, decide_every=5)
+
+
 def _live(root: Path, name: str = "halve", **kw) -> LiveManager:
     return LiveManager.from_spec(root / "policies" / f"{name}.toml", promotions=root / "eval" / "promotions",
-                                 hparams=Hyperparams(lr=0.1), max_epochs=4, mode="sync", **kw)
+                                 hparams=Hyperparams(lr=0.1), mode="sync", **IN_SCOPE, **kw)
 
 
 # --- the genuine records check ----------------------------------------------------------------------------------
@@ -855,7 +859,7 @@ class Evil:
 
 def test_the_live_hook_refuses_an_object_the_spec_did_not_build(repo):
     spec, proms = _promoted_spec(repo), repo / "eval" / "promotions"
-    kw = dict(spec=spec, promotions=proms, hparams=Hyperparams(lr=0.1), max_epochs=4)
+    kw = dict(spec=spec, promotions=proms, hparams=Hyperparams(lr=0.1), **IN_SCOPE)
     for obj in (Evil(), SequencePolicy(["lr_down", "lr_down"]), make_policy(_promoted_spec(repo, "pyhalve"))):
         if obj.policy_id != "halve":
             obj.policy_id = "halve"
@@ -863,7 +867,7 @@ def test_the_live_hook_refuses_an_object_the_spec_did_not_build(repo):
             LiveManager(obj, **kw)
     # an object make_policy built from that very spec runs, and so does the spec alone
     assert LiveManager(make_policy(spec), **kw).promotion == "promoted (halve)"
-    mgr = LiveManager(spec=spec, promotions=proms, hparams=Hyperparams(lr=0.1), max_epochs=4)
+    mgr = LiveManager(spec=spec, promotions=proms, hparams=Hyperparams(lr=0.1), **IN_SCOPE)
     assert mgr.promotion == "promoted (halve)" and built_from(mgr.policy, spec)
     # the override still runs any object, and says so in the trace
     mgr = LiveManager(Evil(), allow_unpromoted=True, **kw)
@@ -994,7 +998,8 @@ def test_checking_a_python_policy_live_imports_nothing_of_the_offline_stack(repo
         from tmsim.live import LiveManager
         mgr = LiveManager.from_spec({str(repo / 'policies' / 'pyhalve.toml')!r},
                                     promotions={str(repo / 'eval' / 'promotions')!r},
-                                    hparams=Hyperparams(lr=0.1), max_epochs=4)
+                                    hparams=Hyperparams(lr=0.1), task="digits-mlp", scenario="overfit",
+                                    max_epochs=20, decide_every=5)
         heavy = [m for m in ("tmsim.simulate.simulator", "tmsim.simulate", "tmsim.evaluate.leaderboard", "duckdb",
                              "sklearn") if m in sys.modules]
         from tmsim.policies import load_spec

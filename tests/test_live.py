@@ -168,9 +168,11 @@ def test_hf_trainer_with_a_promoted_policy_changes_the_lr_and_records_the_trace(
     total = trainer.state.max_steps
     per_epoch = total // 3
     for h in logs:
-        # the Trainer logs the LR its scheduler computed after the previous step, so step s shows schedule(s - 1)
+        # the Trainer logs the LR its scheduler computed after the previous step, so step s shows schedule(s - 1):
+        # the LR step s trained with. The hook scales what get_last_lr() reports too, so from the first step after
+        # a decision (at the end of epoch k, step k * per_epoch) the log shows the LR in force.
         prev = round(h["epoch"] * per_epoch) - 1
-        scale = 1.0 if prev <= per_epoch else 0.5 if prev <= 2 * per_epoch else 0.25
+        scale = 1.0 if prev < per_epoch else 0.5 if prev < 2 * per_epoch else 0.25
         linear = 5e-3 * (total - prev) / total
         assert h["learning_rate"] == pytest.approx(scale * linear, rel=1e-6), (prev, h)
     lib = load_library(tmp_path / "rec", strict=True)
@@ -182,13 +184,13 @@ def test_hf_trainer_with_a_promoted_policy_changes_the_lr_and_records_the_trace(
 def test_plain_pytorch_example_with_the_bundled_promoted_rules(tmp_path):
     from examples.live_pytorch import main as pt_main
 
-    mgr = pt_main(record=str(tmp_path / "rec"), mode="sync", epochs=9)
-    assert mgr.promotion == "promoted (rules)"
-    assert len(mgr.history) == 10 and all(math.isfinite(h["val_loss"]) for h in mgr.history)
+    mgr = pt_main(record=str(tmp_path / "rec"), mode="sync")
+    assert mgr.promotion == "promoted (rules)" and mgr.scope == "within the promoted scope"
+    assert len(mgr.history) == 21 and all(math.isfinite(h["val_loss"]) for h in mgr.history)
     from tmsim.traces.query import query
 
     t = query("select source, count(*) as n from epochs group by all", tmp_path / "rec")
-    assert t.to_pylist() == [{"source": "live", "n": 10}]
+    assert t.to_pylist() == [{"source": "live", "n": 21}]
 
 
 def test_a_change_with_nothing_attached_is_not_recorded_as_applied():

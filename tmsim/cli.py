@@ -13,7 +13,6 @@ DEFAULT_TRACES = REPO / "traces"
 DEFAULT_POLICIES = REPO / "policies"
 DEFAULT_SUITE = REPO / "eval" / "suites" / "default.toml"
 DEFAULT_RESULTS = REPO / "eval" / "results"
-DEFAULT_PROMOTIONS = REPO / "eval" / "promotions"
 
 
 def surrogate_cache() -> Path:
@@ -305,9 +304,11 @@ def _failed_exit(failed: dict[str, str]) -> int:
 
 
 def _cmd_promote(args: argparse.Namespace) -> int:
-    from .evaluate.promote import gate, verify_record, write_record
+    from .core.config import default_promotions
+    from .evaluate.promote import gate, scope_of, verify_record, write_record
 
     spec = _resolve_spec(args.policy)
+    args.promotions = args.promotions or default_promotions()
     if args.check:
         lib = _load_lib(args.traces) if args.traces_given else None
         res = verify_record(spec, args.promotions, lib.digest() if lib else None)
@@ -341,8 +342,11 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     # the cached surrogate file whose digest the scores were computed with (its sidecar names the digest)
     sur_path = next((p for p in sorted(surrogate_cache().glob("*.skops"))
                      if digest_path(p).exists() and f'"{result.surrogate_id}"' in digest_path(p).read_text()), None)
+    scored = {o.root for o in result.rollouts.get(spec.name, [])} or set(result.roots)
+    runs = lib.runs.select(["run_id", "task", "scenario", "decide_every", "max_epochs"]).to_pylist()
+    scope = scope_of([r for r in runs if r["run_id"] in scored])
     path = write_record(spec, score, suite, result.library_hash, result.surrogate_id, args.promotions,
-                        surrogate_path=sur_path)
+                        surrogate_path=sur_path, scope=scope)
     print(f"record: {path}" + (" (signed)" if os.environ.get("TMSIM_PROMOTION_KEY") else ""))
     return 0
 
@@ -520,7 +524,8 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("policy", help="a spec file or a policy name in policies/")
     pr.add_argument("--suite", type=Path, default=DEFAULT_SUITE)
     pr.add_argument("--traces", type=Path, default=None)
-    pr.add_argument("--promotions", type=Path, default=DEFAULT_PROMOTIONS)
+    pr.add_argument("--promotions", type=Path, default=None,
+                    help="records directory (default: $TMSIM_PROMOTIONS, else eval/promotions in the working tree's repository)")
     pr.add_argument("--check", action="store_true",
                     help="verify the policy's promotion record: the gate on its scores, and every hash against the files "
                          "(signed records: set TMSIM_PROMOTION_KEY)")

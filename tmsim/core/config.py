@@ -36,3 +36,20 @@ def repo_root(start: Path) -> Path | None:
         if (d / ".git").exists() or (d / "pyproject.toml").exists():
             return d
     return None
+
+
+#: Environment variable naming the promotions directory (records written by ``tmsim promote``, read by the live hook).
+PROMOTIONS_ENV = "TMSIM_PROMOTIONS"
+
+
+def default_promotions(cwd: Path | None = None) -> Path:
+    """Where promotion records live when no directory is given: ``$TMSIM_PROMOTIONS``, else ``eval/promotions`` in
+    the repository of the working directory (the user's working tree, never the installed package), else under the
+    working directory itself."""
+    import os
+
+    env = os.environ.get(PROMOTIONS_ENV)
+    if env:
+        return Path(env)
+    here = (cwd or Path.cwd()).resolve()
+    return (repo_root(here) or here) / "eval" / "promotions"

@@ -139,16 +139,82 @@ def call_policy(decide: Callable[[Snapshot], Any], snap: Snapshot,
     return box[0], ms
 
 
+#: Classes of the harness's own that guard a policy themselves (``IsolatedPolicy``: the policy runs in another
+#: process and answers come back plain). Only these are asked through ``call_batch``; a policy's own ``call_batch``
+#: method is policy code like any other and is never trusted.
+_GUARDING: tuple[type, ...] = ()
+
+
+def register_guarding(cls: type) -> type:
+    """Mark ``cls`` (a harness class, such as ``tmsim.policies.isolated.IsolatedPolicy``) as guarding its policy."""
+    global _GUARDING
+    if cls not in _GUARDING:
+        _GUARDING = (*_GUARDING, cls)
+    return cls
+
+
+def _guarded_batch(policy, snaps: list[Snapshot], limit: float) -> tuple[list[Answer], list[float]]:
+    """``policy.call_batch`` of a guarding class, its result checked: anything but one ``Answer`` and one latency per
+    snapshot is a failure of every decision, never an exception."""
+    t0 = time.perf_counter()
+    try:
+        answers, latencies = policy.call_batch(snaps, limit)
+        answers, latencies = list(answers), [float(m) for m in latencies]
+        if len(answers) == len(latencies) == len(snaps) and all(type(a) is Answer for a in answers):
+            return answers, latencies
+        detail = "malformed batch answer"
+    except BaseException as exc:  # noqa: BLE001 -- the guard itself failed: every decision falls back
+        detail = f"{type(exc).__name__} in the policy guard"
+    ms = (time.perf_counter() - t0) * 1000 / max(len(snaps), 1)
+    return [failure("policy_exception", detail=detail) for _ in snaps], [ms] * len(snaps)
+
+
+def policy_identity(policy, timeout: float = 2.0) -> tuple[str, str]:
+    """(policy_id, version) of ``policy`` as plain strings, read once under a guard: an attribute that raises, hangs
+    or is not a plain string gives the type's name (or ``"policy"``) and ``""`` rather than reaching the caller.
+
+    >>> class Odd:
+    ...     @property
+    ...     def policy_id(self): raise RuntimeError
+    >>> policy_identity(Odd())
+    ('Odd', '')
+    """
+    box: list[tuple[str, str]] = []
+
+    def read() -> None:
+        try:
+            name = type(policy).__name__
+            name = name if type(name) is str else "policy"
+        except BaseException:  # noqa: BLE001
+            name = "policy"
+        try:
+            pid = getattr(policy, "policy_id", None)
+            pid = pid[:200] if type(pid) is str and pid else name
+        except BaseException:  # noqa: BLE001
+            pid = name
+        try:
+            ver = getattr(policy, "version", "")
+            ver = str(ver)[:100] if type(ver) in (str, int, float) else ""
+        except BaseException:  # noqa: BLE001
+            ver = ""
+        box.append((pid, ver))
+
+    if not _in_thread(read, timeout) or not box:
+        return "policy", ""
+    return box[0]
+
+
 def call_policy_batch(policy, snaps: list[Snapshot],
                       timeout: float | None = DEFAULT_TIMEOUT) -> tuple[list[Answer], list[float]]:
     """Answers and per-decision latencies for ``snaps``, in one guarded thread with a budget of ``timeout`` seconds
     (None: ``DEFAULT_TIMEOUT``) per decision. The policy's optional ``decide_batch`` is tried first (its latency is
     shared equally); a batch that fails or returns the wrong count is retried one call at a time, so one failing call
     never sinks the batch. Decisions not answered within the budget are timeouts. A policy that guards itself (one
-    running in its own process, with a ``call_batch`` method) is asked through it."""
+    running in its own process, of a class registered with ``register_guarding``) is asked through its
+    ``call_batch``, and what that returns is checked."""
     limit = timeout or DEFAULT_TIMEOUT
-    if callable(getattr(type(policy), "call_batch", None)):
-        return policy.call_batch(snaps, limit)
+    if isinstance(policy, _GUARDING):
+        return _guarded_batch(policy, snaps, limit)
     results: list[tuple[Answer, float]] = []
 
     def work() -> None:

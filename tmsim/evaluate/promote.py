@@ -70,7 +70,7 @@ if TYPE_CHECKING:  # the gate reads scores and suites; importing their module wo
 
 log = logging.getLogger("tmsim.promote")
 
-RECORD_FORMAT = "tmsim-promotion-2"
+RECORD_FORMAT = "tmsim-promotion-3"
 KEY_ENV = "TMSIM_PROMOTION_KEY"
 WEIGHT_KEYS = ("model", "adapter", "weights", "checkpoint", "path")
 WEIGHT_SUFFIXES = ("_path", "_dir", "_file")
@@ -80,8 +80,10 @@ SIGNATURE_PREFIX = "hmac-sha256:"
 REQUIRED: dict[str, type | tuple[type, ...]] = {
     "format": str, "policy": str, "kind": str, "version": str, "spec_sha256": str, "weights_sha256": dict,
     "library_sha256": str, "surrogate_sha256": str, "suite": str, "suite_sha256": str, "suite_toml": str,
-    "gate": dict, "bounds": dict, "scores": dict, "date": str, "tmsim_version": str,
+    "gate": dict, "bounds": dict, "scores": dict, "scope": dict, "date": str, "tmsim_version": str,
 }
+#: Keys of a record's ``scope``: where the gate's verdict was measured (``scope_of``).
+SCOPE_KEYS = ("tasks", "scenarios", "decide_every", "max_epochs")
 #: Score fields the gate reads (the rest of ``scores`` is kept for the reader).
 SCORE_NUMBERS = ("val_loss_change_pct", "ci_low", "ci_high", "unsafe_rate")
 
@@ -256,15 +258,64 @@ def sign(rec: dict, key: bytes) -> str:
     return SIGNATURE_PREFIX + hmac.new(key, canonical_json(rec), hashlib.sha256).hexdigest()
 
 
+def scope_of(roots: list[dict]) -> dict:
+    """The scope of a verdict from the metadata of the roots it was measured on (dicts with ``task``, ``scenario``,
+    ``decide_every``, ``max_epochs``): the tasks, scenario families and decision cadences seen, and the range of run
+    lengths. A live run outside it is refused unless the caller overrides, which its trace records.
+
+    >>> scope_of([{"task": "t", "scenario": "overfit", "decide_every": 5, "max_epochs": 20}])
+    {'tasks': ['t'], 'scenarios': ['overfit'], 'decide_every': [5], 'max_epochs': [20, 20]}
+    """
+    if not roots:
+        raise ValueError("a scope needs at least one scored root")
+    lengths = [int(r["max_epochs"]) for r in roots]
+    return {"tasks": sorted({str(r["task"]) for r in roots}), "scenarios": sorted({str(r["scenario"]) for r in roots}),
+            "decide_every": sorted({int(r["decide_every"]) for r in roots}), "max_epochs": [min(lengths), max(lengths)]}
+
+
+def outside_scope(scope: dict, task: str, scenario: str, decide_every: int, max_epochs: int) -> list[str]:
+    """Why a run (task, scenario family, decision cadence, length) lies outside a record's ``scope``; [] inside."""
+    out = []
+    if task not in scope["tasks"]:
+        out.append(f"task {task!r} is not among the promoted tasks {scope['tasks']}")
+    if scenario not in scope["scenarios"]:
+        out.append(f"scenario {scenario!r} is not among the promoted scenario families {scope['scenarios']}")
+    if decide_every not in scope["decide_every"]:
+        out.append(f"a decision every {decide_every} epoch(s) is not a promoted cadence {scope['decide_every']}")
+    lo, hi = scope["max_epochs"]
+    if not lo <= max_epochs <= hi:
+        out.append(f"a run of {max_epochs} epochs is outside the promoted lengths [{lo}, {hi}]")
+    return out
+
+
+def _check_scope(rec: dict, path: Path, P) -> None:
+    sc = rec.get("scope")
+    if not isinstance(sc, dict):
+        return  # reported as missing or of the wrong type
+    for k in SCOPE_KEYS:
+        v = sc.get(k)
+        if not isinstance(v, list) or not v:
+            P(f"{path}: field 'scope.{k}' is missing or empty")
+        elif k in ("tasks", "scenarios") and not all(isinstance(x, str) for x in v):
+            P(f"{path}: field 'scope.{k}' must list names")
+        elif k in ("decide_every", "max_epochs") and not all(isinstance(x, int) and not isinstance(x, bool) for x in v):
+            P(f"{path}: field 'scope.{k}' must list whole numbers")
+    if isinstance(sc.get("max_epochs"), list) and len(sc["max_epochs"]) != 2:
+        P(f"{path}: field 'scope.max_epochs' must be [shortest, longest]")
+
+
 def write_record(spec, score: "PolicyScore", suite: "Suite", library_hash: str, surrogate_sha256: str,
-                 promotions: Path, surrogate_path: str | Path | None = None) -> Path:
+                 promotions: Path, surrogate_path: str | Path | None = None, scope: dict | None = None) -> Path:
     """Write ``PROMOTIONS/NAME.json`` for a policy that passed the gate (see the module documentation for the
     fields); signed when ``TMSIM_PROMOTION_KEY`` is set. ``surrogate_sha256`` is the sha256 of the surrogate file
-    the scores came from. A score that does not pass the gate is refused with a ``ValueError``."""
+    the scores came from; ``scope`` (``scope_of`` the scored roots) where the verdict holds. A score that does not
+    pass the gate is refused with a ``ValueError``."""
     ok, reasons = gate(score, suite)
     if not ok:
         raise ValueError(f"{spec.path or spec.name}: does not pass the gate of suite {suite.name!r}: "
                          + "; ".join(reasons))
+    if not scope:
+        raise ValueError(f"{spec.path or spec.name}: a promotion record needs the scope of the scored roots")
     path = record_path(promotions, spec.name)
     rdir = path.parent
     suite_toml = suite.path.read_text(encoding="utf-8") if suite.path else _suite_as_toml(suite)
@@ -284,7 +335,7 @@ def write_record(spec, score: "PolicyScore", suite: "Suite", library_hash: str, 
         "suite_sha256": _sha_bytes(suite_toml.encode("utf-8")), "suite_toml": suite_toml,
         "gate": json.loads(GateSettings(**_toml_table(suite_toml, "gate")).model_dump_json()),
         "bounds": json.loads(Bounds(**_toml_table(suite_toml, "bounds")).model_dump_json()),
-        "scores": score.to_dict(),
+        "scores": score.to_dict(), "scope": scope,
         "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"), "tmsim_version": __version__,
     }
     key = _key()
@@ -386,6 +437,7 @@ def verify_record(spec, promotions: Path, library_hash: str | None = None) -> Re
         P(f"{path}: field 'spec_sha256' does not match {spec.path} (the spec changed since promotion)")
     _check_weights(spec, rec, path, P)
     _check_source(spec, rec, path, P)
+    _check_scope(rec, path, P)
     gate_settings = _check_suite(rec, path, P, res.notes)
     if gate_settings is not None and isinstance(rec.get("scores"), dict):
         _check_scores(spec, rec["scores"], gate_settings, rec.get("suite"), path, P)

@@ -27,7 +27,7 @@ import os
 import time
 from typing import Any
 
-from ..core.decision import DEFAULT_TIMEOUT, Answer, failure, guarded
+from ..core.decision import DEFAULT_TIMEOUT, Answer, failure, guarded, register_guarding
 from ..core.snapshot import Snapshot
 
 #: Address-space limit of a policy process (MiB); override with TMSIM_POLICY_MEMORY_MB.
@@ -89,6 +89,7 @@ def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int, kind_
         threading.Thread(target=answer_batch, args=msg, daemon=True, name="tmsim-policy-batch").start()
 
 
+@register_guarding
 class IsolatedPolicy:
     """A policy built from ``spec`` in its own process (see the module docs); ``failed`` says why it stopped."""
 
