@@ -33,6 +33,13 @@ def _cmd_record(args: argparse.Namespace) -> int:
     from .record import (RecorderBusy, RecordingInterrupted, TreesNotRecorded, parse_seeds, record, run_id,
                          specs_from_args)
 
+    if args.trainer:
+        return _record_trainer(args, parse_seeds(args.seeds))
+    if not args.task:
+        raise ValueError("tmsim record needs --task (a registered task) or --trainer FILE.py:FUNCTION")
+    if args.dry_run:
+        raise ValueError("--dry-run goes with --trainer")
+
     tasks = args.task.split(",")
     scenarios = None if args.scenario in (None, "all") else args.scenario.split(",")
     specs = specs_from_args(tasks, scenarios, parse_seeds(args.seeds), args.depth, args.decide_every, args.budget,
@@ -55,6 +62,29 @@ def _cmd_record(args: argparse.Namespace) -> int:
         return 1
     print(f"recorded {stats['trees']} tree(s) ({stats['skipped']} already there): {stats['runs']} runs, "
           f"{stats['epochs']} epochs in {stats['seconds']} s -> {args.out}")
+    return 0
+
+
+def _record_trainer(args: argparse.Namespace, seeds: list[int]) -> int:
+    from .core.names import safe_name
+    from .record import RecorderBusy
+    from .record_trainer import TrainerTreeSpec, record_trainer
+
+    stem = Path(args.trainer.rsplit(":", 1)[0]).stem.replace("_", "-")
+    task = args.task or safe_name(stem, "task")
+    scenario = "default" if args.scenario in (None, "all") else args.scenario
+    specs = [TrainerTreeSpec(args.trainer, task, scenario, s, args.depth, args.budget) for s in seeds]
+    try:
+        stats = record_trainer(specs, args.out, dry_run=args.dry_run, overwrite=args.overwrite,
+                               say=(lambda m: None) if args.quiet and not args.dry_run else print)
+    except RecorderBusy as exc:
+        print(f"tmsim: error: {exc}", file=sys.stderr)
+        return 1
+    if args.dry_run:
+        print("dry run: nothing recorded")
+        return 0
+    print(f"recorded {stats['trees']} tree(s) ({stats['skipped']} already there): {stats['runs']} runs, "
+          f"{stats['epochs']} evaluations in {stats['seconds']} s -> {args.out}")
     return 0
 
 
@@ -450,7 +480,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     r = sub.add_parser("record", help="record trace trees of real training runs")
-    r.add_argument("--task", required=True, help="task name(s), comma-separated: digits-mlp, text-lm, multiloss")
+    r.add_argument("--task", default=None, help="task name(s), comma-separated: digits-mlp, text-lm, multiloss (with "
+                   "--trainer: the name the trace files it under, default the factory file's name)")
+    r.add_argument("--trainer", default=None, metavar="FILE.py:FUNCTION",
+                   help="record trees of your own Hugging Face Trainer: a factory returning a configured Trainer "
+                        "(called with output_dir= and seed=); decisions at its evaluations (docs/record-your-run.md)")
+    r.add_argument("--dry-run", action="store_true", help="with --trainer: print the plan and cost estimate only")
     r.add_argument("--scenario", default="all", help="scenario name(s), comma-separated, or 'all'")
     r.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,5")
     r.add_argument("--decide-every", type=int, default=None, help="epochs between decisions (default: the scenario's)")

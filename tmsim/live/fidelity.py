@@ -23,7 +23,8 @@ from .manager import LiveManager
 def run_task_live(task_name: str, scenario: str, seed: int, policy, *, mode: str = "sync", spec=None,
                   allow_unpromoted: bool = False, record_dir=None, bounds=None, stale_steps: int = 100,
                   step_hook=None) -> LiveManager:
-    """Train (task, scenario, seed) for real with ``policy`` steering it; returns the closed manager."""
+    """Train (task, scenario, seed) for real with ``policy`` steering it (or, with ``policy=None``, the policy the
+    manager builds from ``spec``: in its own process for the kinds that compute); returns the closed manager."""
     import torch
 
     task = get_task(task_name)
@@ -40,7 +41,7 @@ def run_task_live(task_name: str, scenario: str, seed: int, policy, *, mode: str
                           optimizer=state.optimizer, model=state.model, loss_weight_setter=set_aux, spec=spec,
                           allow_unpromoted=allow_unpromoted, bounds=bounds, mode=mode, stale_steps=stale_steps,
                           task=task_name, scenario=scenario, seed=seed, record_dir=record_dir,
-                          run_id=f"live:{task_name}:{scenario}:s{seed}:{getattr(policy, 'policy_id', 'policy')}:{mode}")
+                          run_id=f"live:{task_name}:{scenario}:s{seed}:{getattr(policy, 'policy_id', None) or 'spec'}:{mode}")
 
         def on_step():
             mgr.on_step_end()

@@ -1,0 +1,518 @@
+"""Trace trees of a user's own Hugging Face ``Trainer``: ``tmsim record --trainer FILE.py:make_trainer``.
+
+The user writes a factory that returns a configured ``transformers.Trainer`` (model, data, ``TrainingArguments``
+with an evaluation cadence: ``eval_strategy="steps"`` or ``"epoch"``). tmsim calls it as
+``make_trainer(output_dir=..., seed=...)`` (each keyword only if the factory takes it) once per run of the tree:
+
+1. **Plan.** A probe trainer gives the run's length in optimizer steps and its evaluation steps. Every evaluation
+   during training is a *decision point* (its index is the trace's ``epoch``; 0 is an evaluation before training;
+   its optimizer step is the ``step`` column). The first ``depth`` points are branched with every menu action that
+   has something to act on (``lr_down``, ``lr_up``, ``weight_decay_up``, ``dropout_up`` where the model has
+   dropout, ``stop``), recursively, as ``tmsim record`` does for bundled tasks; ``budget`` samples the deeper
+   branches (the root and every single-action branch come first).
+2. **Cost first.** Three probe steps measure the step time; the estimate (optimizer steps to train x measured step
+   time) is printed before any run starts, and ``dry_run`` stops there.
+3. **Fork through the Trainer's own machinery.** The root trains from step 0 with a callback that records each
+   evaluation and, at each branched decision point, asks the Trainer to save a checkpoint (model, optimizer,
+   scheduler, RNG states, trainer state) right after that evaluation. A branch is a fresh trainer from the factory,
+   ``train(resume_from_checkpoint=FORK)``: the optimizer and scheduler come back from the checkpoint, the action
+   is applied at train begin through the live hook's actuators (so an LR change survives the scheduler, decay
+   groups only), and the branch trains to the end, saving its own forks where it has children. ``stop`` trains
+   nothing. A run whose evaluation loss is not finite or above 3x the initial one is stopped and marked diverged.
+4. **Writing** is the recorder's: one tree per seed, epochs first and runs last, atomically, under the recorder's
+   lock on ``out``; a tree already on disk with the same recipe is skipped, so an interrupted recording resumes.
+
+Checkpoints live in ``OUT/.tmsim-trainer-work/`` while the tree is recorded and are removed after it.
+"""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import math
+import random
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import pyarrow as pa
+
+from .core.hparams import Hyperparams
+from .core.menu import RECORD_MENU, apply_action
+from .core.names import safe_name
+from .core.outcome import is_diverged
+from .traces.format import EPOCHS, RUNS, dumps, file_metadata, read_table, TraceError, write_table
+
+RECORDER_VERSION = "tmsim-trainer-1"
+Branch = tuple[tuple[int, str], ...]
+#: Optimizer steps the probe trains to measure the step time.
+PROBE_STEPS = 3
+
+
+def load_factory(ref: str) -> Callable[..., Any]:
+    """``path/to/file.py:name`` or ``package.module:name`` -> the factory (a clear error naming ``--trainer``)."""
+    if ":" not in ref:
+        raise ValueError(f"--trainer {ref!r}: expected FILE.py:FUNCTION or package.module:FUNCTION")
+    mod_ref, name = ref.rsplit(":", 1)
+    try:
+        if mod_ref.endswith(".py") or "/" in mod_ref:
+            path = Path(mod_ref).resolve()
+            if not path.exists():
+                raise ValueError(f"--trainer {ref!r}: no file {path}")
+            modname = f"tmsim_trainer_{safe_name(path.stem.replace('-', '_'), 'trainer file').replace('.', '_')}"
+            spec = importlib.util.spec_from_file_location(modname, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.path.insert(0, str(path.parent))  # the factory's own helpers beside it
+            try:
+                sys.modules[modname] = module
+                spec.loader.exec_module(module)
+            finally:
+                sys.path.remove(str(path.parent))
+        else:
+            module = importlib.import_module(mod_ref)
+    except ValueError:
+        raise
+    except Exception as exc:  # noqa: BLE001 -- the user's module failed to import
+        raise ValueError(f"--trainer {ref!r}: importing it failed ({type(exc).__name__}: {exc})") from None
+    fn = getattr(module, name, None)
+    if not callable(fn):
+        raise ValueError(f"--trainer {ref!r}: {name!r} is not a function of {mod_ref}")
+    return fn
+
+
+def _call_factory(fn, output_dir: Path, seed: int):
+    params = inspect.signature(fn).parameters
+    kw = {k: v for k, v in (("output_dir", str(output_dir)), ("seed", seed)) if k in params
+          or any(p.kind is p.VAR_KEYWORD for p in params.values())}
+    trainer = fn(**kw)
+    from transformers import Trainer
+
+    if not isinstance(trainer, Trainer):
+        raise ValueError(f"the trainer factory returned {type(trainer).__name__}, not a transformers.Trainer")
+    return trainer
+
+
+@dataclass
+class TrainerPlan:
+    """The shape of one tree: optimizer steps, the steps of the evaluations during training, the branches."""
+
+    max_steps: int
+    eval_steps: list[int]  # step of evaluation k (k = 1, 2, ...); index 0 is the evaluation before training
+    menu: tuple[str, ...]
+    branches: list[Branch]
+    step_seconds: float | None = None
+
+    def step_of(self, index: int) -> int:
+        return 0 if index == 0 else self.eval_steps[index - 1]
+
+    def steps_to_train(self) -> int:
+        """Optimizer steps the whole tree trains: the root from 0, each branch from its fork (``stop``: none)."""
+        total = 0
+        for b in self.branches:
+            if b and b[-1][1] == "stop":
+                continue
+            total += self.max_steps - (self.step_of(b[-1][0]) if b else 0)
+        return total
+
+    def estimate(self) -> str:
+        n = self.steps_to_train()
+        secs = f"{n * self.step_seconds:.0f} s" if self.step_seconds else "unknown time"
+        pts = ", ".join(f"{i} (step {s})" for i, s in enumerate(self.eval_steps, 1) if s < self.max_steps)
+        return (f"{len(self.branches)} runs ({len(self.branches) - 1} branches, menu {', '.join(self.menu)}), "
+                f"{n} optimizer steps x {self.step_seconds or float('nan'):.3f} s/step measured = about {secs}; "
+                f"decision points (evaluation index, step): {pts}")
+
+
+def _eval_schedule(trainer) -> tuple[int, list[int]]:
+    """(optimizer steps of the run, steps at which the Trainer evaluates during it)."""
+    args = trainer.args
+    per_epoch = max(math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps), 1)
+    max_steps = args.max_steps if args.max_steps and args.max_steps > 0 else int(math.ceil(args.num_train_epochs * per_epoch))
+    strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    if strategy == "steps":
+        every = args.eval_steps or args.logging_steps
+        every = int(every) if every >= 1 else max(int(math.ceil(every * max_steps)), 1)
+        steps = list(range(every, max_steps + 1, every))
+    elif strategy == "epoch":
+        steps = [min(per_epoch * k, max_steps) for k in range(1, int(math.ceil(max_steps / per_epoch)) + 1)]
+    else:
+        raise ValueError("the trainer evaluates never (eval_strategy='no'): tmsim decides at evaluations; set "
+                         "eval_strategy='steps' (with eval_steps) or 'epoch' in its TrainingArguments")
+    log_strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
+    gap = min(b - a for a, b in zip([0] + steps, steps))
+    if log_strategy != "steps" or not args.logging_steps or args.logging_steps > gap:
+        raise ValueError(f"the trainer logs its training loss less often than it evaluates (logging_strategy "
+                         f"{log_strategy!r}, logging_steps {args.logging_steps}, evaluations {gap} steps apart): every "
+                         "recorded evaluation needs a training loss; set logging_strategy='steps' and logging_steps "
+                         "at most the evaluation interval in its TrainingArguments")
+    return max_steps, steps
+
+
+def plan_branches(points: list[int], menu: tuple[str, ...], depth: int, budget: int | None, seed_key: str) -> list[Branch]:
+    """Every branch, parents first: the first ``depth`` decision points, each action, recursively (``stop`` ends a
+    path); with ``budget``, the root and the single-action branches first, deeper ones sampled reproducibly."""
+    points = points[:depth]
+    full: list[Branch] = []
+
+    def expand(branch: Branch) -> None:
+        full.append(branch)
+        if branch and branch[-1][1] == "stop":
+            return
+        last = branch[-1][0] if branch else 0
+        for d in points:
+            if d > last:
+                for a in menu:
+                    expand(branch + ((d, a),))
+
+    expand(())
+    if budget is None or budget >= len(full):
+        return sorted(full, key=lambda b: (len(b), b))
+    rng = random.Random(seed_key)
+    keyed = sorted(full, key=lambda b: (len(b), 0.0 if len(b) <= 1 else rng.random(), b))
+    chosen: set[Branch] = set()
+    for b in keyed:
+        if len(chosen) >= budget:
+            break
+        if not b or b[:-1] in chosen:
+            chosen.add(b)
+    return sorted(chosen, key=lambda b: (len(b), b))
+
+
+@dataclass
+class TrainerTreeSpec:
+    """One tree of a user's trainer: the factory reference, names for the trace, the seed, depth and budget."""
+
+    trainer: str
+    task: str
+    scenario: str = "default"
+    seed: int = 0
+    depth: int = 1
+    budget: int | None = None
+
+    def __post_init__(self) -> None:
+        safe_name(self.task, "task")
+        safe_name(self.scenario, "scenario")
+        if self.depth < 0 or self.seed < 0 or (self.budget is not None and self.budget < 1):
+            raise ValueError("--depth and --seeds must be >= 0 and --budget >= 1")
+
+    def run_id(self, branch: Branch) -> str:
+        return f"{self.task}:{self.scenario}:s{self.seed}" + "".join(f"+e{e}:{a}" for e, a in branch)
+
+    def recipe(self) -> str:
+        return dumps({"trainer": self.trainer, "task": self.task, "scenario": self.scenario, "seed": self.seed,
+                      "depth": self.depth, "budget": self.budget, "recorder": RECORDER_VERSION})
+
+    def paths(self, out: Path) -> dict[str, Path]:
+        return {k: out / k / f"task={self.task}" / f"{self.scenario}-s{self.seed}.parquet" for k in ("runs", "epochs")}
+
+
+def _menu_for(trainer) -> tuple[str, ...]:
+    """The record menu, less the actions with nothing to act on (dropout on a model without any)."""
+    from .live import actuators
+
+    has_dropout = bool(actuators.dropout_sites(trainer.model))
+    return tuple(a for a in RECORD_MENU if a != "dropout_up" or has_dropout)
+
+
+def plan_trainer_tree(spec: TrainerTreeSpec, work: Path, factory=None, probe: bool = True) -> TrainerPlan:
+    """The tree's plan and, with ``probe``, the measured step time (``PROBE_STEPS`` steps of a fresh trainer)."""
+    from transformers import TrainerCallback
+
+    factory = factory or load_factory(spec.trainer)
+    trainer = _call_factory(factory, work / "probe", spec.seed)
+    max_steps, steps = _eval_schedule(trainer)
+    points = [i for i, s in enumerate(steps, 1) if s < max_steps]
+    if not points:
+        raise ValueError(f"--trainer {spec.trainer}: no evaluation before the last step ({max_steps}): nothing to decide")
+    menu = _menu_for(trainer)
+    plan = TrainerPlan(max_steps, steps, menu, plan_branches(points, menu, spec.depth, spec.budget,
+                                                             f"{spec.task}/{spec.scenario}/{spec.seed}"))
+    if probe:
+        times: list[float] = []
+
+        class Clock(TrainerCallback):
+            def on_step_end(self, args, state, control, **kw):
+                times.append(time.perf_counter())
+                if len(times) >= PROBE_STEPS:
+                    control.should_training_stop = True
+                return control
+
+        trainer.args.eval_strategy = "no"
+        trainer.args.save_strategy = "no"
+        trainer.add_callback(Clock())
+        trainer.train()
+        if len(times) >= 2:
+            plan.step_seconds = (times[-1] - times[0]) / (len(times) - 1)
+    return plan
+
+
+class _Recorder:
+    """The callback of one run: an epoch row per evaluation, forks saved where the plan branches, divergence."""
+
+    def __init__(self, spec: TrainerTreeSpec, branch: Branch, plan: TrainerPlan, forks_at: set[int], fork_dir: Path,
+                 first_index: int, initial_val: float | None):
+        from transformers import TrainerCallback
+
+        outer = self
+
+        class CB(TrainerCallback):
+            def on_log(self, args, state, control, logs=None, **kw):
+                if logs and isinstance(logs.get("loss"), (int, float)):
+                    outer.losses.append(float(logs["loss"]))
+                if logs and isinstance(logs.get("grad_norm"), (int, float)):
+                    outer.grad_norm = float(logs["grad_norm"])
+
+            def on_evaluate(self, args, state, control, metrics=None, model=None, optimizer=None, lr_scheduler=None, **kw):
+                outer.evaluated(args, state, control, metrics or {}, model, optimizer, lr_scheduler)
+                return control
+
+            def on_save(self, args, state, control, **kw):
+                outer.saved(args, state)
+                return control
+
+        self.callback = CB()
+        self.spec, self.branch, self.plan = spec, branch, plan
+        self.forks_at, self.fork_dir = forks_at, fork_dir
+        self.index = first_index - 1
+        self.initial_val = initial_val
+        self.rows: list[dict] = []
+        self.losses: list[float] = []
+        self.grad_norm: float | None = None
+        self.diverged = False
+        self.forks: dict[int, Path] = {}
+        self._pending_fork: int | None = None
+        self.train_loss_0: float | None = None
+        self._t = time.perf_counter()
+
+    def evaluated(self, args, state, control, m: dict, model, optimizer, scheduler) -> None:
+        from .live import actuators
+
+        self.index += 1
+        knobs = actuators.read_knobs(optimizer, scheduler, model)
+        knobs.setdefault("lr", float(args.learning_rate))
+        knobs.setdefault("weight_decay", float(args.weight_decay))
+        knobs.setdefault("dropout", 0.0)
+        val = m.get("eval_loss")
+        val = float(val) if isinstance(val, (int, float)) else None
+        if self.initial_val is None and val is not None:
+            self.initial_val = val
+        diverged = val is None or not math.isfinite(val) or (self.initial_val is not None
+                                                              and is_diverged(val, self.initial_val))
+        acc = m.get("eval_accuracy")
+        now = time.perf_counter()
+        self.rows.append(dict(
+            run_id=self.spec.run_id(self.branch), task=self.spec.task, epoch=self.index, step=state.global_step,
+            lr=knobs["lr"], weight_decay=knobs["weight_decay"], dropout=knobs["dropout"], aux_loss_weight=None,
+            train_loss=(_finite(sum(self.losses) / len(self.losses)) if self.losses
+                        else self.train_loss_0 if self.index == 0 else None),
+            val_loss=_finite(val), val_acc=_finite(acc) if isinstance(acc, (int, float)) else None,
+            grad_norm=_finite(self.grad_norm), step_time_s=None, wall_time_s=now - self._t,
+            diverged=diverged, source="recorded"))
+        self._t = now
+        self.losses = []
+        if diverged:
+            self.diverged = True
+            control.should_training_stop = True
+        elif self.index in self.forks_at and state.global_step > 0:
+            self._pending_fork = self.index
+            control.should_save = True  # the Trainer saves right after this evaluation
+
+    def saved(self, args, state) -> None:
+        if self._pending_fork is None:
+            return
+        src = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        dst = self.fork_dir / f"e{self._pending_fork}"
+        if dst.exists():
+            shutil.rmtree(dst)
+        shutil.move(str(src), str(dst))  # out of reach of the Trainer's checkpoint rotation
+        self.forks[self._pending_fork] = dst
+        self._pending_fork = None
+
+
+def _train_loss_now(trainer) -> float | None:
+    import torch
+
+    data = trainer.train_dataset
+    n = min(len(data), len(trainer.eval_dataset)) if hasattr(trainer.eval_dataset, "__len__") else min(len(data), 256)
+    cbs = list(trainer.callback_handler.callbacks)
+    for cb in cbs:  # this evaluation is not a decision point: no callback hears of it
+        trainer.callback_handler.remove_callback(cb)
+    try:
+        m = trainer.evaluate(eval_dataset=torch.utils.data.Subset(data, range(n)), metric_key_prefix="tmsim_train")
+    finally:
+        for cb in cbs:
+            trainer.callback_handler.add_callback(cb)
+    v = m.get("tmsim_train_loss")
+    return float(v) if isinstance(v, (int, float)) and math.isfinite(v) else None
+
+
+def _finite(v):
+    return float(v) if v is not None and math.isfinite(float(v)) else None
+
+
+def _apply_at_begin(action: str):
+    """A callback that applies ``action`` to the resumed optimizer, scheduler and model at train begin."""
+    from transformers import TrainerCallback
+
+    from .live import actuators
+
+    class Apply(TrainerCallback):
+        def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kw):
+            actuators.check_scheduler(lr_scheduler)
+            read = actuators.read_knobs(optimizer, lr_scheduler, model)
+            hp = Hyperparams(lr=read["lr"], weight_decay=read["weight_decay"], dropout=read.get("dropout", 0.0))
+            new = apply_action(hp, action)
+            if new.lr != hp.lr:
+                actuators.scale_lr(optimizer, lr_scheduler, new.lr / hp.lr)
+            if new.weight_decay != hp.weight_decay:
+                actuators.set_weight_decay(optimizer, new.weight_decay)
+            if new.dropout != hp.dropout:
+                actuators.shift_dropout(model, new.dropout)
+            return control
+
+    return Apply()
+
+
+def record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | None = None, factory=None,
+                        progress: Callable[[str], None] | None = None) -> tuple[pa.Table, pa.Table]:
+    """Train the tree for real and return its (runs, epochs) tables (module docs)."""
+    say = progress or (lambda msg: None)
+    factory = factory or load_factory(spec.trainer)
+    work = out / ".tmsim-trainer-work" / f"{spec.task}-{spec.scenario}-s{spec.seed}"
+    if work.exists():
+        shutil.rmtree(work)
+    work.mkdir(parents=True)
+    try:
+        plan = plan or plan_trainer_tree(spec, work, factory, probe=False)
+        children: dict[Branch, set[int]] = {}
+        for b in plan.branches:
+            if b:
+                children.setdefault(b[:-1], set()).add(b[-1][0])
+        runs: list[dict] = []
+        epochs: list[dict] = []
+        forks: dict[Branch, dict[int, Path]] = {}
+        initial_val: float | None = None
+        meta: dict[str, Any] = {}
+        for b in plan.branches:
+            rid = spec.run_id(b)
+            parent_forks = forks.get(b[:-1], {}) if b else {}
+            if b and b[-1][0] not in parent_forks:  # the parent diverged (or stopped) before this fork
+                continue
+            first = 0 if not b else b[-1][0] + 1
+            rec = _Recorder(spec, b, plan, children.get(b, set()), work / f"forks{len(runs)}", first, initial_val)
+            (work / f"forks{len(runs)}").mkdir()
+            status = "complete"
+            trainer = None
+            if b and b[-1][1] == "stop":  # ends at its fork: nothing to train
+                rec.index = b[-1][0]
+            else:
+                trainer = _call_factory(factory, work / f"run{len(runs)}", spec.seed)
+                trainer.add_callback(rec.callback)
+                if not b:
+                    # the evaluation before training (epoch 0), its training loss measured on a slice of the training
+                    # data as large as the evaluation set (the Trainer has logged none yet)
+                    rec.train_loss_0 = _train_loss_now(trainer)
+                    trainer.evaluate()
+                    initial_val = rec.initial_val
+                    meta = _run_meta(spec, trainer)
+                    trainer.train()
+                else:
+                    trainer.add_callback(_apply_at_begin(b[-1][1]))
+                    trainer.train(resume_from_checkpoint=str(parent_forks[b[-1][0]]))
+            if rec.diverged:
+                status = "diverged"
+            forks[b] = rec.forks
+            epochs.extend(rec.rows)
+            runs.append(dict(
+                run_id=rid, parent_run_id=spec.run_id(b[:-1]) if b else None, root_run_id=spec.run_id(()),
+                depth=len(b), branch_epoch=b[-1][0] if b else None, branch_action=b[-1][1] if b else None,
+                task=spec.task, scenario=spec.scenario, seed=spec.seed, replicate=0, **meta,
+                max_epochs=len(plan.eval_steps), decide_every=1, status=status, end_epoch=rec.index,
+                source="recorded", recorder_version=RECORDER_VERSION))
+            say(f"{rid}: {status}, {len(rec.rows)} evaluations")
+            del trainer
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return pa.Table.from_pylist(runs, schema=RUNS), pa.Table.from_pylist(epochs, schema=EPOCHS)
+
+
+def _run_meta(spec: TrainerTreeSpec, trainer) -> dict:
+    from .live import actuators
+
+    args = trainer.args
+    model = trainer.model
+    d = actuators.nominal_dropout(model)
+    opt_name = str(getattr(args.optim, "value", args.optim))
+    return dict(model=type(model).__name__, n_params=sum(p.numel() for p in model.parameters()),
+                dataset=type(trainer.train_dataset).__name__, init_lr=float(args.learning_rate),
+                init_weight_decay=float(args.weight_decay), init_dropout=d if d is not None else 0.0,
+                init_aux_loss_weight=None, optimizer=opt_name,
+                optimizer_json=dumps({"optim": opt_name, "adam_beta1": args.adam_beta1, "adam_beta2": args.adam_beta2,
+                                      "adam_epsilon": args.adam_epsilon}),
+                settings_json=dumps({"trainer": spec.trainer, "eval_strategy": str(getattr(args.eval_strategy, "value",
+                                                                                            args.eval_strategy)),
+                                     "eval_steps": args.eval_steps, "max_steps": args.max_steps,
+                                     "num_train_epochs": args.num_train_epochs,
+                                     "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value",
+                                                                      args.lr_scheduler_type)),
+                                     "batch_size": args.per_device_train_batch_size,
+                                     "gradient_accumulation_steps": args.gradient_accumulation_steps}))
+
+
+def is_recorded(spec: TrainerTreeSpec, out: Path) -> bool:
+    paths = spec.paths(out)
+    if not all(p.exists() for p in paths.values()):
+        return False
+    for kind, p in paths.items():
+        try:
+            read_table(p, kind)
+        except TraceError:
+            return False
+        if file_metadata(p).get("tmsim.recipe") != spec.recipe():
+            raise TraceError(f"{p}: field 'tmsim.recipe' differs from the requested recording; use --overwrite or another --out")
+    return True
+
+
+def record_trainer(specs: list[TrainerTreeSpec], out: str | Path, dry_run: bool = False, overwrite: bool = False,
+                   say: Callable[[str], None] = print) -> dict:
+    """Record every tree of ``specs`` into ``out`` (module docs); returns counts. ``dry_run``: plan, measure and
+    print the estimate, record nothing."""
+    from .record import _library_lock, provenance
+
+    out = Path(out)
+    factory = load_factory(specs[0].trainer)
+    stats = {"trees": 0, "skipped": 0, "runs": 0, "epochs": 0}
+    t0 = time.perf_counter()
+    with _library_lock(out):
+        work = out / ".tmsim-trainer-work" / "plan"
+        try:
+            plan = plan_trainer_tree(specs[0], work, factory, probe=True)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        todo = [s for s in specs if overwrite or not is_recorded(s, out)]
+        stats["skipped"] = len(specs) - len(todo)
+        say(f"plan per tree: {plan.estimate()}")
+        say(f"{len(todo)} tree(s) to record ({stats['skipped']} already there): about "
+            f"{len(todo) * plan.steps_to_train() * (plan.step_seconds or 0):.0f} s in all")
+        if dry_run:
+            stats["plan"] = plan
+            return stats
+        for s in todo:
+            p = TrainerPlan(plan.max_steps, plan.eval_steps, plan.menu,
+                            plan_branches([i for i, st in enumerate(plan.eval_steps, 1) if st < plan.max_steps],
+                                          plan.menu, s.depth, s.budget, f"{s.task}/{s.scenario}/{s.seed}"),
+                            plan.step_seconds)
+            runs, epochs = record_trainer_tree(s, out, p, factory, say)
+            paths = s.paths(out)
+            md = {"recipe": s.recipe(), "provenance": dumps(provenance())}
+            write_table(epochs, paths["epochs"], "epochs", md)
+            write_table(runs, paths["runs"], "runs", md)
+            stats["trees"] += 1
+            stats["runs"] += runs.num_rows
+            stats["epochs"] += epochs.num_rows
+        shutil.rmtree(out / ".tmsim-trainer-work", ignore_errors=True)
+    stats["seconds"] = round(time.perf_counter() - t0, 1)
+    return stats
