@@ -45,7 +45,8 @@ def _cmd_record(args: argparse.Namespace) -> int:
     specs = specs_from_args(tasks, scenarios, parse_seeds(args.seeds), args.depth, args.decide_every, args.budget,
                             args.replicates)
     try:
-        stats = record(specs, args.out, workers=args.workers, overwrite=args.overwrite, show_progress=not args.quiet)
+        stats = record(specs, args.out, workers=args.workers, overwrite=args.overwrite, show_progress=not args.quiet,
+                       executor=args.executor, ray_address=args.ray_address)
     except RecorderBusy as exc:
         print(f"tmsim: error: {exc}", file=sys.stderr)
         return 1
@@ -495,6 +496,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="record each tree this many times, differing only in post-fork noise (default 1)")
     r.add_argument("--out", required=True, type=Path, help="library directory to write (one recorder at a time)")
     r.add_argument("--workers", type=int, default=2, help="processes (default 2; 1 records in this process)")
+    r.add_argument("--executor", choices=("local", "ray"), default="local",
+                   help="local worker processes (default) or one Ray task per tree (pip install 'tmsim[ray]')")
+    r.add_argument("--ray-address", default=None,
+                   help="the Ray cluster (default: $RAY_ADDRESS, else a local Ray instance for this recording)")
     r.add_argument("--overwrite", action="store_true", help="re-record trees that are already there")
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_record)

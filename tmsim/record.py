@@ -767,7 +767,7 @@ def parse_seeds(text: str) -> list[int]:
 
 
 def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, overwrite: bool = False,
-           show_progress: bool = True, retries: int = 2) -> dict:
+           show_progress: bool = True, retries: int = 2, executor: str = "local", ray_address: str | None = None) -> dict:
     """Record ``specs`` into the library at ``out``, skipping trees already recorded with the same recipe.
 
     Parameters
@@ -778,6 +778,9 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
     overwrite : re-record trees that are already there.
     show_progress : a progress bar on stderr.
     retries : how many more times a tree is tried after its worker process died while recording it.
+    executor : ``"local"`` (worker processes on this machine) or ``"ray"`` (one Ray task per tree on the cluster at
+        ``ray_address``, else ``RAY_ADDRESS``, else a local Ray instance; ``tmsim.record_ray``). Both write the same
+        trace content.
 
     Returns counts: ``trees`` recorded, ``skipped`` (already there), ``runs`` and ``epochs`` written, ``seconds``.
 
@@ -789,6 +792,8 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
     from tqdm import tqdm
 
     _check_whole("--workers", workers, 1)
+    if executor not in ("local", "ray"):
+        raise ValueError(f"--executor must be 'local' or 'ray', got {executor!r}")
     _check_whole("retries", retries, 0)
     out = Path(out)
     specs = list(dict.fromkeys(specs))
@@ -824,7 +829,11 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
                     bar.update(n)
 
             try:
-                if workers == 1:
+                if executor == "ray" and todo:
+                    from .record_ray import record_in_ray
+
+                    failed = record_in_ray(todo, out, retries, on_progress, on_done, ray_address)
+                elif workers == 1:
                     for s in todo:
                         runs, epochs = record_tree(s, on_progress)
                         write_tree(out, s, runs, epochs)

@@ -113,6 +113,8 @@ class TorchTask:
 
     name: str = ""
     losses: tuple[str, ...] = ("loss",)
+    #: GPUs one tree of this task trains on; the Ray executor requests them per tree (``tmsim record --executor ray``).
+    gpus: float = 0
     model_descriptor: str = ""
     dataset_descriptor: str = ""
     SCENARIOS: dict[str, Scenario] = {}

@@ -1,0 +1,97 @@
+"""Recording on a Ray cluster: ``tmsim record --executor ray [--ray-address ADDR]``.
+
+Recording is embarrassingly parallel, one tree per task: each tree is a Ray task that trains it (``record_tree``,
+the same function the local pool runs, one torch thread) and returns its two tables as Arrow IPC bytes. The
+recorder (the driver) writes each tree's files itself, atomically and once, when its result arrives, so:
+
+- the library holds exactly the trees the local pool would write (same spec, same machine kind: same content; only
+  the timing columns differ), under the same lock, skipping trees already recorded with the same recipe;
+- a worker that dies mid-tree loses nothing and duplicates nothing: Ray re-runs the task (``max_retries`` =
+  ``retries``) from its spec, and only a result that arrives is written; a tree whose task raised, or whose workers
+  died more than ``retries + 1`` times, is reported at the end (``TreesNotRecorded``) without stopping the others;
+- a task whose ``gpus`` attribute is set gets that many GPUs per tree (``num_gpus``); the others one CPU each.
+
+The cluster is the one at ``address`` (else ``RAY_ADDRESS``); without either a local Ray instance is started for
+the recording and stopped after it. Ray is an optional extra: ``pip install 'tmsim[ray]'``.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import pyarrow as pa
+
+from .tasks import TASKS, get_task
+
+
+def _to_ipc(table: pa.Table) -> bytes:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as w:
+        w.write_table(table)
+    return sink.getvalue().to_pybytes()
+
+
+def _from_ipc(data: bytes) -> pa.Table:
+    return pa.ipc.open_stream(pa.py_buffer(data)).read_all()
+
+
+def _tree_task(spec, task_refs: dict[str, str]) -> tuple[bytes, bytes]:
+    """Runs in a Ray worker: register the driver's tasks, record one tree, return its tables."""
+    from .record import _worker_init, record_tree
+
+    _worker_init(task_refs)
+    runs, epochs = record_tree(spec)
+    return _to_ipc(runs), _to_ipc(epochs)
+
+
+def record_in_ray(todo: list, out: Path, retries: int, on_progress: Callable[[str, int], None],
+                  on_done: Callable, address: str | None = None) -> list[tuple[object, str]]:
+    """Record ``todo`` (``TreeSpec``s) as Ray tasks and write each finished tree into ``out``; return the trees that
+    could not be recorded, with why (module docs)."""
+    try:
+        import ray
+        from ray.exceptions import RayError, RayTaskError
+    except ImportError:
+        raise ValueError("--executor ray needs Ray: pip install 'tmsim[ray]'") from None
+    from .record import _one_line, write_tree
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    started = not ray.is_initialized()
+    if started:
+        if address:
+            ray.init(address=address, log_to_driver=False)
+        else:
+            ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 * 1024,
+                     num_cpus=os.cpu_count() or 1)
+    failed: list[tuple[object, str]] = []
+    try:
+        remote = ray.remote(max_retries=retries, retry_exceptions=False)(_tree_task)
+        refs = TASKS.refs()
+        pending = {}
+        for spec in todo:
+            gpus = float(getattr(get_task(spec.task), "gpus", 0) or 0)
+            ref = remote.options(num_cpus=0 if gpus else 1, num_gpus=gpus, name=f"tmsim-tree-{spec.task}-{spec.stem}") \
+                .remote(spec, refs)
+            pending[ref] = spec
+        while pending:
+            done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
+            for ref in done:
+                spec = pending.pop(ref)
+                try:
+                    runs_b, epochs_b = ray.get(ref)
+                except RayTaskError as exc:  # the task raised: final (it would raise again)
+                    failed.append((spec, _one_line(exc.cause if exc.cause is not None else exc)))
+                    continue
+                except RayError as exc:  # its worker died more often than Ray retries
+                    failed.append((spec, f"its Ray worker was lost {retries + 1} times ({type(exc).__name__})"))
+                    continue
+                runs, epochs = _from_ipc(runs_b), _from_ipc(epochs_b)
+                write_tree(out, spec, runs, epochs)
+                on_progress("runs", runs.num_rows)
+                on_progress("epochs", epochs.num_rows)
+                on_done(spec, runs.num_rows, epochs.num_rows)
+    finally:
+        if started:
+            ray.shutdown()
+    return failed
