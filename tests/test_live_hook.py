@@ -13,7 +13,7 @@ from torch.optim import lr_scheduler as L
 
 from tmsim.core import Hyperparams, Proposal
 from tmsim.live import LiveManager, NotPromotedError
-from tmsim.live.actuators import KNOWN_SCHEDULERS, UnsupportedScheduler
+from tmsim.tasks.actuators import KNOWN_SCHEDULERS, UnsupportedScheduler
 from tmsim.policies import SequencePolicy
 from tmsim.traces import load_library
 from tmsim.traces.query import query

@@ -115,7 +115,7 @@ from tmsim.core import Hyperparams
 from tmsim.policies import load_spec, make_policy
 spec = load_spec({str(REPO / 'policies' / 'rules.toml')!r})
 mgr = LiveManager(make_policy(spec), spec=spec, promotions={str(REPO / 'eval' / 'promotions')!r},
-                  hparams=Hyperparams(lr=0.1), max_epochs=10, decide_every=5)
+                  hparams=Hyperparams(lr=0.1), max_epochs=20, decide_every=5, task="digits-mlp", scenario="overfit")
 heavy = [m for m in ("tmsim.simulate.simulator", "tmsim.evaluate.leaderboard", "duckdb", "sklearn") if m in sys.modules]
 print(json.dumps({{"promotion": mgr.promotion, "heavy": heavy, "bounds": mgr.bounds.model_dump()}}))
 """

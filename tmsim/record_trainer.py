@@ -211,7 +211,7 @@ class TrainerTreeSpec:
 
 def _menu_for(trainer) -> tuple[str, ...]:
     """The record menu, less the actions with nothing to act on (dropout on a model without any)."""
-    from .live import actuators
+    from .tasks import actuators
 
     has_dropout = bool(actuators.dropout_sites(trainer.model))
     return tuple(a for a in RECORD_MENU if a != "dropout_up" or has_dropout)
@@ -288,7 +288,7 @@ class _Recorder:
         self._t = time.perf_counter()
 
     def evaluated(self, args, state, control, m: dict, model, optimizer, scheduler) -> None:
-        from .live import actuators
+        from .tasks import actuators
 
         self.index += 1
         knobs = actuators.read_knobs(optimizer, scheduler, model)
@@ -357,7 +357,7 @@ def _apply_at_begin(action: str):
     """A callback that applies ``action`` to the resumed optimizer, scheduler and model at train begin."""
     from transformers import TrainerCallback
 
-    from .live import actuators
+    from .tasks import actuators
 
     class Apply(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kw):
@@ -440,7 +440,7 @@ def record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | No
 
 
 def _run_meta(spec: TrainerTreeSpec, trainer) -> dict:
-    from .live import actuators
+    from .tasks import actuators
 
     args = trainer.args
     model = trainer.model

@@ -19,7 +19,7 @@ Hugging Face: ``trainer.add_callback(TMSimCallback(mgr))`` (``tmsim.live.hf``; s
 - **It reads what it steers.** The LR (the scheduler's base, else the first group's), weight decay (the largest of
   the param groups') and dropout (the largest ``nn.Dropout.p`` or ``attention_dropout``) are read from the attached
   optimizer, scheduler and model, for every epoch row and before and after every change; ``hparams`` is only needed
-  for what no attached object holds. How each knob is turned is in ``tmsim.live.actuators``: every scheduler of
+  for what no attached object holds. How each knob is turned is in ``tmsim.tasks.actuators``: every scheduler of
   ``torch.optim.lr_scheduler`` keeps an LR change (an unknown one is refused at start), groups at zero weight decay
   stay at zero, and an action whose knob has nothing attached is neither offered nor applied (``no_target``).
 - **Asynchronous by default.** At a decision epoch the snapshot goes to a background worker and training goes on.
@@ -64,7 +64,7 @@ from ..core.names import safe_filename, safe_name
 from ..core.outcome import is_diverged
 from ..core.snapshot import Snapshot
 from ..traces.format import DECISIONS, EPOCHS, RUNS, dumps, write_table
-from . import actuators
+from ..tasks import actuators
 
 log = logging.getLogger("tmsim.live")
 

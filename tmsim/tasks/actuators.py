@@ -1,6 +1,7 @@
 """Reading and turning the knobs of a real run: the optimizer's param groups, the LR scheduler's own state, the
 model's dropout modules. The live hook reads what it steers from these objects (never from a hand-written mirror),
-applies validated actions to them, and reads them back for the trace.
+applies validated actions to them, and reads them back for the trace. The Trainer recorder
+(``tmsim record --trainer``) applies its branches' actions with the same functions.
 
 **Learning rate.** An LR change is a factor ``f`` applied to every param group *and* to every number a scheduler keeps
 that it computes LRs from, so the change survives the schedule: ``base_lrs`` (every scheduler that has them, children
