@@ -319,6 +319,34 @@ def test_a_compute_kind_runs_in_its_own_process_and_still_steers(tmp_path, monke
     assert mgr.policy._proc is None  # the manager stopped the process it started
 
 
+class BusyHalve:
+    """Half a second of pure-Python work per decision (it holds the GIL), then lr_down."""
+    policy_id, version = "busy-halve", "1"
+
+    def decide(self, snap):
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 0.5:
+            sum(i * i for i in range(1000))
+        return "lr_down"
+
+
+def test_a_policy_object_can_run_in_its_own_process_too():
+    model, opt = _sgd()
+    mgr = _mgr(BusyHalve(), mode="async", max_epochs=3, optimizer=opt, model=model, policy_process=True)
+    assert mgr.policy_process and mgr._identity.policy_id == "busy-halve"
+    mgr.on_epoch_end(_metrics(0))
+    mgr.on_epoch_end(_metrics(1))
+    deadline = time.perf_counter() + 60
+    while mgr._pending is not None and time.perf_counter() < deadline:
+        mgr.on_step_end()
+        time.sleep(0.01)
+    mgr.close()
+    assert mgr.decision_rows[0]["action"] == "lr_down" and opt.param_groups[0]["lr"] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="cannot be sent to another process"):
+        _mgr(type("Local", (), {"decide": lambda self, s: "continue", "lock": __import__("threading").Lock()})(),
+             policy_process=True, optimizer=opt)
+
+
 def test_compute_kinds_default_to_a_process_and_cheap_ones_to_a_thread():
     from tmsim.live.manager import COMPUTE_KINDS
 

@@ -48,9 +48,17 @@ class TMSimCallback(TrainerCallback):
         self._losses: list[float] = []
 
     def _prepare(self, args, model) -> None:
-        """Before the optimizer exists: the LR and weight decay the Trainer will build it with, the model's dropout."""
-        if self.mgr.optimizer is None and self.mgr.hparams is None:
-            self.mgr.hparams = Hyperparams(lr=float(args.learning_rate), weight_decay=float(args.weight_decay))
+        """Before the optimizer exists: the LR and weight decay the Trainer will build it with (the arguments win over
+        given ``hparams``, with a warning), the model's dropout."""
+        if self.mgr.optimizer is None:
+            lr, wd = float(args.learning_rate), float(args.weight_decay)
+            given = self.mgr.hparams
+            if given is not None and not math.isnan(given.lr) and (not math.isclose(given.lr, lr)
+                                                                  or not math.isclose(given.weight_decay, wd)):
+                self.mgr._warn_once("hf-args", "tmsim live: hparams (lr %g, weight_decay %g) differ from the "
+                                    "TrainingArguments (%g, %g): using the arguments", given.lr, given.weight_decay, lr, wd)
+            base = given or Hyperparams(lr=lr)
+            self.mgr.hparams = base.with_(lr=lr, weight_decay=wd)
         if model is not None and self.mgr.model is None:
             self.mgr.attach(model=model)
 

@@ -93,7 +93,7 @@ class LiveManager:
     promotions : the records directory (default ``tmsim.core.config.default_promotions()``).
     out_of_scope : a reason (str) to run a promoted policy outside its record's scope; recorded in the trace.
     policy_process : run the policy in its own process (None: for ``COMPUTE_KINDS`` and foreign kinds built from a
-        spec). A policy object passed in runs in a thread.
+        spec; a policy object passed in runs in a thread unless this is True, then it is pickled into the process).
     close_timeout : seconds ``close()`` waits for a decision in flight before recording it as abandoned.
     resume_state : a ``state_dict()`` saved with a checkpoint: the run continues as a branch of the saved one.
     """
@@ -127,6 +127,11 @@ class LiveManager:
             policy, spec, promotions, allow_unpromoted, policy_process)
         self.scope = self._check_scope(record, out_of_scope)
         self._owns_policy = policy is None
+        if policy is not None and policy_process:
+            from ..policies.isolated import IsolatedPolicy
+
+            if not isinstance(self.policy, IsolatedPolicy):
+                self.policy, self._owns_policy = IsolatedPolicy.from_object(self.policy), True
         from ..policies.isolated import IsolatedPolicy
 
         self.policy_process = isinstance(self.policy, IsolatedPolicy)
@@ -231,6 +236,9 @@ class LiveManager:
         self.optimizer = optimizer if optimizer is not None else self.optimizer
         self.scheduler = scheduler if scheduler is not None else self.scheduler
         self.model = model if model is not None else self.model
+        if self.optimizer is not None and self.scheduler is None and any("initial_lr" in g for g in self.optimizer.param_groups):
+            self._warn_once("no-scheduler", "tmsim live: the optimizer's groups carry 'initial_lr', so an LR scheduler "
+                            "drives it, but none was attached: it may undo LR changes; pass scheduler=")
         given = self.hparams
         self.hparams = self._read()
         if given is not None:

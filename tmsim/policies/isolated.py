@@ -38,7 +38,8 @@ START_TIMEOUT = 120.0
 MAX_TIMEOUTS = 5
 
 
-def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int, kind_refs: dict[str, str]) -> None:
+def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int, kind_refs: dict[str, str],
+           policy_blob: bytes | None = None) -> None:
     """The policy process: build the policy, then answer batches of snapshots until told to stop. Each batch is
     answered in its own thread (tagged with its request id), so one slow call does not hold up the next."""
     import threading
@@ -58,9 +59,14 @@ def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int, kind_
         for name, ref in kind_refs.items():  # kinds the harness registered in code
             KINDS.register(name, ref, overwrite=True)
 
-        spec = PolicySpec.model_validate_json(spec_json)
-        library = load_library(library_root) if library_root else None
-        policy = make_policy(spec, library, isolate=False)
+        if policy_blob is not None:  # an object the harness's caller handed over (pickled by that caller)
+            import pickle
+
+            policy = pickle.loads(policy_blob)
+        else:
+            spec = PolicySpec.model_validate_json(spec_json)
+            library = load_library(library_root) if library_root else None
+            policy = make_policy(spec, library, isolate=False)
     except BaseException as exc:  # noqa: BLE001 -- reported to the harness, which refuses the policy
         conn.send(("error", f"{type(exc).__name__}: {exc}"[:500]))
         return
@@ -93,9 +99,11 @@ def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int, kind_
 class IsolatedPolicy:
     """A policy built from ``spec`` in its own process (see the module docs); ``failed`` says why it stopped."""
 
-    def __init__(self, spec, library_root: str | os.PathLike | None = None, memory_mb: int | None = None):
+    def __init__(self, spec, library_root: str | os.PathLike | None = None, memory_mb: int | None = None,
+                 _blob: bytes | None = None):
         self.policy_id, self.version = spec.name, spec.version
         self._spec_json = spec.model_dump_json()
+        self._blob = _blob
         self._library_root = str(library_root) if library_root is not None else None
         self._memory_mb = memory_mb or int(os.environ.get("TMSIM_POLICY_MEMORY_MB", MEMORY_MB))
         self._proc = self._conn = None
@@ -107,6 +115,25 @@ class IsolatedPolicy:
         if not self._start():  # built at once, so a spec whose policy cannot be built is a clear error up front
             raise ValueError(f"{self._where}: {self._failed}")
 
+    @classmethod
+    def from_object(cls, policy, memory_mb: int | None = None) -> "IsolatedPolicy":
+        """Run a policy *object* in its own process (the live hook's ``policy_process=True`` for an object): it is
+        pickled here and unpickled in the child, so its class must be importable there. Raises ``ValueError`` for an
+        object that cannot be pickled."""
+        import pickle
+
+        from ..core.decision import policy_identity
+        from .spec import PolicySpec
+
+        try:
+            blob = pickle.dumps(policy)
+        except Exception as exc:  # noqa: BLE001 -- lambdas, open handles, locally defined classes
+            raise ValueError(f"policy_process=True: the policy object ({type(policy).__name__}) cannot be sent to "
+                             f"another process ({type(exc).__name__}: {exc}); build it from a spec instead") from None
+        pid, ver = policy_identity(policy)
+        return cls(PolicySpec(name=pid if _safe(pid) else "policy", kind="constant", version=ver or "1"),
+                   memory_mb=memory_mb, _blob=blob)
+
     def _start(self) -> bool:
         import multiprocessing as mp
 
@@ -115,7 +142,7 @@ class IsolatedPolicy:
         from .kinds import KINDS
 
         self._proc = ctx.Process(target=_serve, args=(child, self._spec_json, self._library_root, self._memory_mb,
-                                                      KINDS.refs()),
+                                                      KINDS.refs(), self._blob),
                                  daemon=True, name=f"tmsim-policy-{self.policy_id}")
         self._proc.start()
         child.close()
@@ -217,3 +244,9 @@ class IsolatedPolicy:
             self.close()
         except Exception:  # noqa: BLE001 -- interpreter shutdown
             pass
+
+
+def _safe(name: str) -> bool:
+    import re
+
+    return bool(re.fullmatch(r"[A-Za-z0-9._-]{1,128}", name))
