@@ -90,3 +90,17 @@ def test_an_unknown_executor_is_refused():
 
     with pytest.raises(SystemExit):
         main(["record", *ARGS, "--out", "/nonexistent", "--executor", "dask"])
+
+
+def test_trees_of_a_users_trainer_on_ray_match_the_local_recording(tmp_path):
+    from tmsim.cli import REPO
+
+    args = ["--trainer", f"{REPO / 'examples' / 'hf_trainer_tree.py'}:make_trainer", "--seeds", "0", "--depth", "1",
+            "--quiet"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    for name, extra in (("local", []), ("ray", ["--executor", "ray"])):
+        r = subprocess.run([sys.executable, "-m", "tmsim.cli", "record", *args, "--out", str(tmp_path / name), *extra],
+                           capture_output=True, text=True, env=env, timeout=600)
+        assert r.returncode == 0, r.stderr
+    a, b = _content(tmp_path / "local"), _content(tmp_path / "ray")
+    assert a["runs"].num_rows == 6 and a["runs"].equals(b["runs"]) and a["epochs"].equals(b["epochs"])

@@ -77,16 +77,19 @@ def _record_trainer(args: argparse.Namespace, seeds: list[int]) -> int:
     specs = [TrainerTreeSpec(args.trainer, task, scenario, s, args.depth, args.budget) for s in seeds]
     try:
         stats = record_trainer(specs, args.out, dry_run=args.dry_run, overwrite=args.overwrite,
-                               say=(lambda m: None) if args.quiet and not args.dry_run else print)
+                               say=(lambda m: None) if args.quiet and not args.dry_run else print,
+                               executor=args.executor, ray_address=args.ray_address, gpus_per_tree=args.gpus_per_tree)
     except RecorderBusy as exc:
         print(f"tmsim: error: {exc}", file=sys.stderr)
         return 1
+    for spec, why in stats.get("failed", []):
+        print(f"tmsim: error: tree {spec.run_id(())} not recorded: {why}", file=sys.stderr)
     if args.dry_run:
         print("dry run: nothing recorded")
         return 0
     print(f"recorded {stats['trees']} tree(s) ({stats['skipped']} already there): {stats['runs']} runs, "
           f"{stats['epochs']} evaluations in {stats['seconds']} s -> {args.out}")
-    return 0
+    return 1 if stats.get("failed") else 0
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
@@ -498,6 +501,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--workers", type=int, default=2, help="processes (default 2; 1 records in this process)")
     r.add_argument("--executor", choices=("local", "ray"), default="local",
                    help="local worker processes (default) or one Ray task per tree (pip install 'tmsim[ray]')")
+    r.add_argument("--gpus-per-tree", type=float, default=0,
+                   help="with --trainer --executor ray: GPUs each tree's Ray task asks for (default 0)")
     r.add_argument("--ray-address", default=None,
                    help="the Ray cluster (default: $RAY_ADDRESS, else a local Ray instance for this recording)")
     r.add_argument("--overwrite", action="store_true", help="re-record trees that are already there")

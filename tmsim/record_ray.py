@@ -11,6 +11,10 @@ recorder (the driver) writes each tree's files itself, atomically and once, when
   died more than ``retries + 1`` times, is reported at the end (``TreesNotRecorded``) without stopping the others;
 - a task whose ``gpus`` attribute is set gets that many GPUs per tree (``num_gpus``); the others one CPU each.
 
+Trees of a user's Trainer (``tmsim record --trainer ... --executor ray [--gpus-per-tree N]``) go the same way: one
+task per seed, the factory loaded in the worker (its file must be reachable there: the same path on a local or
+shared-filesystem cluster, or a Ray ``runtime_env``), checkpoints in the worker's temporary directory.
+
 The cluster is the one at ``address`` (else ``RAY_ADDRESS``); without either a local Ray instance is started for
 the recording and stopped after it. Ray is an optional extra: ``pip install 'tmsim[ray]'``.
 """
@@ -49,12 +53,34 @@ def record_in_ray(todo: list, out: Path, retries: int, on_progress: Callable[[st
                   on_done: Callable, address: str | None = None) -> list[tuple[object, str]]:
     """Record ``todo`` (``TreeSpec``s) as Ray tasks and write each finished tree into ``out``; return the trees that
     could not be recorded, with why (module docs)."""
+    from .record import write_tree
+
+    refs = TASKS.refs()
+    jobs = []
+    for spec in todo:
+        gpus = float(getattr(get_task(spec.task), "gpus", 0) or 0)
+        jobs.append((spec, f"tmsim-tree-{spec.task}-{spec.stem}", gpus, (spec, refs)))
+
+    def write(spec, runs, epochs) -> None:
+        write_tree(out, spec, runs, epochs)
+        on_progress("runs", runs.num_rows)
+        on_progress("epochs", epochs.num_rows)
+        on_done(spec, runs.num_rows, epochs.num_rows)
+
+    return run_trees(_tree_task, jobs, write, retries, address)
+
+
+def run_trees(fn, jobs: list, write: Callable, retries: int, address: str | None = None) -> list[tuple[object, str]]:
+    """Run ``fn(*args)`` as one Ray task per job ``(key, name, gpus, args)``; ``fn`` returns (runs, epochs) as IPC
+    bytes and ``write(key, runs, epochs)`` stores them as each arrives. Returns [(key, why)] for the jobs that
+    failed. Starts (and stops) a local Ray instance unless one is running or ``address``/``RAY_ADDRESS`` names a
+    cluster."""
     try:
         import ray
         from ray.exceptions import RayError, RayTaskError
     except ImportError:
         raise ValueError("--executor ray needs Ray: pip install 'tmsim[ray]'") from None
-    from .record import _one_line, write_tree
+    from .record import _one_line
 
     address = address or os.environ.get("RAY_ADDRESS") or None
     started = not ray.is_initialized()
@@ -66,14 +92,11 @@ def record_in_ray(todo: list, out: Path, retries: int, on_progress: Callable[[st
                      num_cpus=os.cpu_count() or 1)
     failed: list[tuple[object, str]] = []
     try:
-        remote = ray.remote(max_retries=retries, retry_exceptions=False)(_tree_task)
-        refs = TASKS.refs()
+        remote = ray.remote(max_retries=retries, retry_exceptions=False)(fn)
         pending = {}
-        for spec in todo:
-            gpus = float(getattr(get_task(spec.task), "gpus", 0) or 0)
-            ref = remote.options(num_cpus=0 if gpus else 1, num_gpus=gpus, name=f"tmsim-tree-{spec.task}-{spec.stem}") \
-                .remote(spec, refs)
-            pending[ref] = spec
+        for key, name, gpus, args in jobs:
+            ref = remote.options(num_cpus=0 if gpus else 1, num_gpus=gpus, name=name).remote(*args)
+            pending[ref] = key
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)
             for ref in done:
@@ -86,11 +109,7 @@ def record_in_ray(todo: list, out: Path, retries: int, on_progress: Callable[[st
                 except RayError as exc:  # its worker died more often than Ray retries
                     failed.append((spec, f"its Ray worker was lost {retries + 1} times ({type(exc).__name__})"))
                     continue
-                runs, epochs = _from_ipc(runs_b), _from_ipc(epochs_b)
-                write_tree(out, spec, runs, epochs)
-                on_progress("runs", runs.num_rows)
-                on_progress("epochs", epochs.num_rows)
-                on_done(spec, runs.num_rows, epochs.num_rows)
+                write(spec, _from_ipc(runs_b), _from_ipc(epochs_b))
     finally:
         if started:
             ray.shutdown()

@@ -476,10 +476,29 @@ def is_recorded(spec: TrainerTreeSpec, out: Path) -> bool:
     return True
 
 
+def _absolute_ref(ref: str) -> str:
+    """``FILE.py:fn`` with the file made absolute (a Ray worker need not share the working directory)."""
+    mod, name = ref.rsplit(":", 1)
+    return f"{Path(mod).resolve()}:{name}" if mod.endswith(".py") or "/" in mod else ref
+
+
+def _ray_trainer_tree(spec: "TrainerTreeSpec", plan: "TrainerPlan", factory_ref: str) -> tuple[bytes, bytes]:
+    """A Ray task: one tree of the user's trainer, recorded in the worker's temporary directory."""
+    import tempfile
+
+    from .record_ray import _to_ipc
+
+    with tempfile.TemporaryDirectory(prefix="tmsim-trainer-") as tmp:
+        runs, epochs = record_trainer_tree(spec, Path(tmp), plan, load_factory(factory_ref))
+    return _to_ipc(runs), _to_ipc(epochs)
+
+
 def record_trainer(specs: list[TrainerTreeSpec], out: str | Path, dry_run: bool = False, overwrite: bool = False,
-                   say: Callable[[str], None] = print) -> dict:
+                   say: Callable[[str], None] = print, executor: str = "local", ray_address: str | None = None,
+                   gpus_per_tree: float = 0, retries: int = 2) -> dict:
     """Record every tree of ``specs`` into ``out`` (module docs); returns counts. ``dry_run``: plan, measure and
-    print the estimate, record nothing."""
+    print the estimate, record nothing. ``executor="ray"``: one Ray task per tree (``tmsim.record_ray``), each
+    asking for ``gpus_per_tree`` GPUs; trees that failed there are listed in ``stats["failed"]``."""
     from .record import _library_lock, provenance
 
     out = Path(out)
@@ -500,12 +519,13 @@ def record_trainer(specs: list[TrainerTreeSpec], out: str | Path, dry_run: bool 
         if dry_run:
             stats["plan"] = plan
             return stats
-        for s in todo:
-            p = TrainerPlan(plan.max_steps, plan.eval_steps, plan.menu,
-                            plan_branches([i for i, st in enumerate(plan.eval_steps, 1) if st < plan.max_steps],
-                                          plan.menu, s.depth, s.budget, f"{s.task}/{s.scenario}/{s.seed}"),
-                            plan.step_seconds)
-            runs, epochs = record_trainer_tree(s, out, p, factory, say)
+        def plan_of(s: TrainerTreeSpec) -> TrainerPlan:
+            return TrainerPlan(plan.max_steps, plan.eval_steps, plan.menu,
+                               plan_branches([i for i, st in enumerate(plan.eval_steps, 1) if st < plan.max_steps],
+                                             plan.menu, s.depth, s.budget, f"{s.task}/{s.scenario}/{s.seed}"),
+                               plan.step_seconds)
+
+        def write(s: TrainerTreeSpec, runs: pa.Table, epochs: pa.Table) -> None:
             paths = s.paths(out)
             md = {"recipe": s.recipe(), "provenance": dumps(provenance())}
             write_table(epochs, paths["epochs"], "epochs", md)
@@ -513,6 +533,18 @@ def record_trainer(specs: list[TrainerTreeSpec], out: str | Path, dry_run: bool 
             stats["trees"] += 1
             stats["runs"] += runs.num_rows
             stats["epochs"] += epochs.num_rows
+            say(f"{s.run_id(())}: {runs.num_rows} runs, {epochs.num_rows} evaluations written")
+
+        if executor == "ray":
+            from .record_ray import run_trees
+
+            jobs = [(s, f"tmsim-trainer-{s.task}-s{s.seed}", float(gpus_per_tree), (s, plan_of(s), _absolute_ref(s.trainer)))
+                    for s in todo]
+            stats["failed"] = run_trees(_ray_trainer_tree, jobs, write, retries, ray_address)
+        else:
+            for s in todo:
+                runs, epochs = record_trainer_tree(s, out, plan_of(s), factory, say)
+                write(s, runs, epochs)
         shutil.rmtree(out / ".tmsim-trainer-work", ignore_errors=True)
     stats["seconds"] = round(time.perf_counter() - t0, 1)
     return stats
