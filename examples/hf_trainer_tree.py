@@ -16,26 +16,15 @@ checkpoints) and ``seed``; the rest of the configuration is yours. Use the same 
 from __future__ import annotations
 
 import gzip
+import sys
 from importlib import resources
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-class Chunks(torch.utils.data.Dataset):
-    """Fixed-width token chunks (labels = inputs: causal LM)."""
-
-    def __init__(self, ids: list[int], width: int):
-        self.rows = [ids[i:i + width] for i in range(0, len(ids) - width, width)]
-
-    def __len__(self):
-        return len(self.rows)
-
-    def __getitem__(self, i):
-        t = torch.tensor(self.rows[i])
-        return {"input_ids": t, "labels": t.clone(), "attention_mask": torch.ones_like(t)}
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # loaded by file path: its sibling example is importable
+from live_hf_trainer import Chunks  # noqa: E402 -- fixed-width token chunks, labels = inputs
 
 
 def make_trainer(output_dir: str, seed: int = 0, max_steps: int = 16, eval_steps: int = 4):

@@ -301,6 +301,17 @@ def test_a_plain_loop_resumes_from_saved_state_as_a_linked_branch(tmp_path):
 
 
 # --- compute-bound policies run in their own process --------------------------------------------------------------
+def _first_decision_landed(mgr, seconds=60):
+    """Epochs 0 and 1 (a decision), then steps until its answer is applied; closes the manager."""
+    mgr.on_epoch_end(_metrics(0))
+    mgr.on_epoch_end(_metrics(1))
+    deadline = time.perf_counter() + seconds
+    while mgr._pending is not None and time.perf_counter() < deadline:
+        mgr.on_step_end()
+        time.sleep(0.01)
+    mgr.close()
+
+
 def test_a_compute_kind_runs_in_its_own_process_and_still_steers(tmp_path, monkeypatch):
     spec = tmp_path / "halve.toml"
     spec.write_text('name = "halve"\nkind = "sequence"\n[settings]\nactions = ["lr_down"]\n')
@@ -308,13 +319,7 @@ def test_a_compute_kind_runs_in_its_own_process_and_still_steers(tmp_path, monke
     mgr = LiveManager.from_spec(spec, promotions=tmp_path / "none", allow_unpromoted=True, policy_process=True,
                                 max_epochs=3, optimizer=opt, model=model, mode="async")
     assert mgr.policy_process
-    mgr.on_epoch_end(_metrics(0))
-    mgr.on_epoch_end(_metrics(1))
-    deadline = time.perf_counter() + 60
-    while mgr._pending is not None and time.perf_counter() < deadline:
-        mgr.on_step_end()
-        time.sleep(0.01)
-    mgr.close()
+    _first_decision_landed(mgr)
     assert mgr.decision_rows[0]["action"] == "lr_down" and opt.param_groups[0]["lr"] == pytest.approx(0.05)
     assert mgr.policy._proc is None  # the manager stopped the process it started
 
@@ -334,13 +339,7 @@ def test_a_policy_object_can_run_in_its_own_process_too():
     model, opt = _sgd()
     mgr = _mgr(BusyHalve(), mode="async", max_epochs=3, optimizer=opt, model=model, policy_process=True)
     assert mgr.policy_process and mgr._identity.policy_id == "busy-halve"
-    mgr.on_epoch_end(_metrics(0))
-    mgr.on_epoch_end(_metrics(1))
-    deadline = time.perf_counter() + 60
-    while mgr._pending is not None and time.perf_counter() < deadline:
-        mgr.on_step_end()
-        time.sleep(0.01)
-    mgr.close()
+    _first_decision_landed(mgr)
     assert mgr.decision_rows[0]["action"] == "lr_down" and opt.param_groups[0]["lr"] == pytest.approx(0.05)
     with pytest.raises(ValueError, match="cannot be sent to another process"):
         _mgr(type("Local", (), {"decide": lambda self, s: "continue", "lock": __import__("threading").Lock()})(),

@@ -183,13 +183,20 @@ def plan_tree(spec: TreeSpec) -> list[Branch]:
                         expand(branch + ((d, a),))
 
     expand(())
-    if spec.budget is None or spec.budget >= len(full):
+    return budgeted(full, spec.budget, f"{spec.task}/{spec.scenario}/{spec.seed}")
+
+
+def budgeted(full: list[Branch], budget: int | None, seed_key: str) -> list[Branch]:
+    """At most ``budget`` of a tree's branches, parents first: the root and every single-action branch come first,
+    deeper ones are sampled with a generator seeded by ``seed_key`` (the tree's identity), never without their
+    parent. ``None`` keeps them all."""
+    if budget is None or budget >= len(full):
         return sorted(full, key=lambda b: (len(b), b))
-    rng = random.Random(f"{spec.task}/{spec.scenario}/{spec.seed}")
+    rng = random.Random(seed_key)
     keyed = sorted(full, key=lambda b: (len(b), 0.0 if len(b) <= 1 else rng.random(), b))
     chosen: set[Branch] = set()
     for b in keyed:
-        if len(chosen) >= spec.budget:
+        if len(chosen) >= budget:
             break
         if not b or b[:-1] in chosen:
             chosen.add(b)

@@ -30,7 +30,6 @@ import importlib
 import importlib.util
 import inspect
 import math
-import random
 import shutil
 import sys
 import time
@@ -168,17 +167,9 @@ def plan_branches(points: list[int], menu: tuple[str, ...], depth: int, budget: 
                     expand(branch + ((d, a),))
 
     expand(())
-    if budget is None or budget >= len(full):
-        return sorted(full, key=lambda b: (len(b), b))
-    rng = random.Random(seed_key)
-    keyed = sorted(full, key=lambda b: (len(b), 0.0 if len(b) <= 1 else rng.random(), b))
-    chosen: set[Branch] = set()
-    for b in keyed:
-        if len(chosen) >= budget:
-            break
-        if not b or b[:-1] in chosen:
-            chosen.add(b)
-    return sorted(chosen, key=lambda b: (len(b), b))
+    from .record import budgeted
+
+    return budgeted(full, budget, seed_key)
 
 
 @dataclass
