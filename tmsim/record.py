@@ -169,6 +169,15 @@ def plan_tree(spec: TreeSpec) -> list[Branch]:
             hp = apply_action(hp, a)
         return hp
 
+    def actions(branch: Branch) -> list[str]:
+        return [a for a in changing_actions(hp_of(branch), len(task.losses), spec.menu) if a != "continue"]
+
+    return budgeted(expand_tree(points, actions), spec.budget, f"{spec.task}/{spec.scenario}/{spec.seed}")
+
+
+def expand_tree(points: list[int], actions: Callable[[Branch], list[str]]) -> list[Branch]:
+    """Every branch of a full tree, parents first: at each decision point after a branch's own, each of
+    ``actions(branch)``, recursively; ``stop`` ends a path."""
     full: list[Branch] = []
 
     def expand(branch: Branch) -> None:
@@ -178,12 +187,11 @@ def plan_tree(spec: TreeSpec) -> list[Branch]:
         last = branch[-1][0] if branch else 0
         for d in points:
             if d > last:
-                for a in changing_actions(hp_of(branch), len(task.losses), spec.menu):
-                    if a != "continue":
-                        expand(branch + ((d, a),))
+                for a in actions(branch):
+                    expand(branch + ((d, a),))
 
     expand(())
-    return budgeted(full, spec.budget, f"{spec.task}/{spec.scenario}/{spec.seed}")
+    return full
 
 
 def budgeted(full: list[Branch], budget: int | None, seed_key: str) -> list[Branch]:

@@ -153,23 +153,9 @@ def _eval_schedule(trainer) -> tuple[int, list[int]]:
 def plan_branches(points: list[int], menu: tuple[str, ...], depth: int, budget: int | None, seed_key: str) -> list[Branch]:
     """Every branch, parents first: the first ``depth`` decision points, each action, recursively (``stop`` ends a
     path); with ``budget``, the root and the single-action branches first, deeper ones sampled reproducibly."""
-    points = points[:depth]
-    full: list[Branch] = []
+    from .record import budgeted, expand_tree
 
-    def expand(branch: Branch) -> None:
-        full.append(branch)
-        if branch and branch[-1][1] == "stop":
-            return
-        last = branch[-1][0] if branch else 0
-        for d in points:
-            if d > last:
-                for a in menu:
-                    expand(branch + ((d, a),))
-
-    expand(())
-    from .record import budgeted
-
-    return budgeted(full, budget, seed_key)
+    return budgeted(expand_tree(points[:depth], lambda branch: list(menu)), budget, seed_key)
 
 
 @dataclass
