@@ -496,3 +496,60 @@ def test_hf_resume_from_a_checkpoint_restores_the_manager_and_links_the_trace(tm
     assert child["branch_action"] == "resume" and child["parent_run_id"] == "live:hf:first"
     steps = query(f"select step from lineage where lineage_run_id = '{second.run_id}' order by epoch", rec)
     assert steps.column("step").to_pylist() == [0, 4, 8, 12, 16, 20, 24]
+
+
+def test_a_decision_in_flight_at_a_checkpoint_is_abandoned_in_the_saved_state_and_trace(tmp_path):
+    class Slow:
+        policy_id, version = "slow", "1"
+
+        def decide(self, snap):
+            time.sleep(3)
+            return "lr_down"
+
+    model, opt = _sgd()
+    rec = tmp_path / "rec"
+    first = _mgr(Slow(), mode="async", max_epochs=4, optimizer=opt, model=model, record_dir=rec,
+                 run_id="live:custom:inflight", timeout=10)
+    first.on_epoch_end(_metrics(0))
+    first.on_epoch_end(_metrics(1))  # decision asked, still running
+    first.on_step_end()
+    state = json.loads(json.dumps(first.state_dict()))  # a checkpoint now
+    first.write_trace(rec)  # what the checkpoint leaves on disk; then the process dies
+    (row,) = state["decisions"]
+    assert row["violations"] == ["abandoned"] and row["epoch"] == 1 and row["step"] == 0
+    assert query("select epoch, violations from decisions", rec).to_pylist() == [{"epoch": 1, "violations": ["abandoned"]}]
+    resumed = _mgr(SequencePolicy(["continue", "continue"]), max_epochs=4, optimizer=opt, model=model,
+                   record_dir=rec, resume_state=state)
+    for e in range(2, 5):
+        resumed.on_epoch_end(_metrics(e))
+    resumed.close()
+    dec = query("select epoch, action, violations from decisions order by epoch", rec).to_pylist()
+    assert [(d["epoch"], d["violations"]) for d in dec] == [(1, ["abandoned"]), (2, []), (3, [])]
+    assert opt.param_groups[0]["lr"] == 0.1  # the abandoned decision was never applied on the resumed line
+
+
+def test_a_decide_that_raises_on_lookup_is_a_policy_exception_not_a_timeout():
+    class PropertyDecide:
+        policy_id, version = "prop", "1"
+
+        @property
+        def decide(self):
+            raise SystemExit("no decide")
+
+    class Getattr:
+        policy_id, version = "getattr", "1"
+
+        def __getattr__(self, name):
+            raise RuntimeError(name)
+
+        def decide(self, snap):
+            return "lr_down"
+
+    for pol in (PropertyDecide(), Getattr()):
+        model, opt = _sgd()
+        mgr = _mgr(pol, max_epochs=3, optimizer=opt, timeout=5)
+        for e in range(3):
+            mgr.on_epoch_end(_metrics(e))
+        kinds = [r["violations"] for r in mgr.decision_rows]
+        assert kinds in ([["policy_exception"]] * 2, [[]] * 2), kinds
+        assert all(r["latency_ms"] < 2000 for r in mgr.decision_rows)

@@ -218,7 +218,10 @@ def call_policy_batch(policy, snaps: list[Snapshot],
     results: list[tuple[Answer, float]] = []
 
     def work() -> None:
-        fn = getattr(policy, "decide_batch", None)
+        try:  # a property or __getattr__ of the policy's may raise: that is its failure, not a timeout
+            fn = getattr(policy, "decide_batch", None)
+        except BaseException:  # noqa: BLE001
+            fn = None
         if fn is not None and len(snaps) > 1:
             t0 = time.perf_counter()
             try:
@@ -231,7 +234,7 @@ def call_policy_batch(policy, snaps: list[Snapshot],
                 pass
         for s in snaps:
             t0 = time.perf_counter()
-            ans = guarded(policy.decide, s)
+            ans = guarded(lambda snap: policy.decide(snap), s)  # the lookup of decide is guarded too
             results.append((ans, (time.perf_counter() - t0) * 1000))
 
     t0 = time.perf_counter()

@@ -36,7 +36,8 @@ Hugging Face: ``trainer.add_callback(TMSimCallback(mgr))`` (``tmsim.live.hf``; s
   checks, runs it under the bounds of the suite it was promoted on, and refuses a run outside the record's scope
   (task, scenario family, decision cadence, run length) unless ``out_of_scope`` gives a reason, which the trace keeps.
 - **Recording and resume.** ``close()`` (bounded: ``close_timeout``) records a decision still in flight as
-  ``abandoned`` and writes ``runs``, ``epochs`` and ``decisions`` under ``record_dir``. ``state_dict()`` /
+  ``abandoned`` and writes ``runs``, ``epochs`` and ``decisions`` under ``record_dir`` (a trace or state written
+  mid-run, at a checkpoint, holds the decision in flight as abandoned too). ``state_dict()`` /
   ``resume_state=`` carry the manager across a checkpoint; the resumed run is a branch of the original
   (``branch_action = "resume"``), so ``lineage`` stitches the whole run.
 """
@@ -454,12 +455,11 @@ class LiveManager:
             if self._pending is not None:
                 self.wait(self.close_timeout)
             if self._pending is not None:
-                ticket, self._pending = self._pending, None
-                ms = (time.perf_counter() - ticket["t0"]) * 1000
-                log.warning("tmsim live: the decision for epoch %d was still running at close (%.0f ms): abandoned",
-                            ticket["snap"].epoch, ms)
-                self._log(ticket["snap"], PolicyFailure("abandoned", "still running at close"), ms, "continue", None,
-                          ["abandoned"], "fallback", self.step - ticket["step"], step=ticket["step"])
+                ticket = self._pending
+                log.warning("tmsim live: the decision for epoch %d was still running at close: abandoned",
+                            ticket["snap"].epoch)
+                self.decision_rows.append(self._abandoned_row("still running at close"))
+                self._pending = None
         finally:
             if self._owns_policy:
                 _close_quietly(self.policy)
@@ -467,15 +467,26 @@ class LiveManager:
             return None
         return self.write_trace(self.record_dir)
 
+    def _abandoned_row(self, why: str) -> dict:
+        """The decisions row of the decision in flight, as abandoned now (latency so far, steps since it was asked)."""
+        ticket = self._pending
+        ms = (time.perf_counter() - ticket["t0"]) * 1000
+        row = decision_row(self._identity, ticket["snap"], PolicyFailure("abandoned", why), ms, None, ["abandoned"],
+                           "continue", "fallback", self.step - ticket["step"], step=ticket["step"])
+        return row
+
     # --- resume --------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
         """What a resumed run needs (JSON-able): the run's identity, the history its snapshots are built from, the
         decisions so far and the step. Save it with the checkpoint (the HF callback does)."""
+        # a decision still in flight is not in the checkpoint's optimizer: a run resumed from here never had it
+        decisions = self.decision_rows + ([self._abandoned_row("still running at the checkpoint")]
+                                          if self._pending is not None else [])
         return {"format": STATE_FORMAT, "run_id": self.run_id, "root_run_id": self.root_run_id, "depth": self.depth,
                 "task": self.task, "scenario": self.scenario, "seed": self.seed, "max_epochs": self.max_epochs,
                 "decide_every": self.decide_every, "epoch": self.epoch, "step": self.step,
                 "should_stop": self.should_stop, "history": self.history, "chain": {str(k): v for k, v in self._chain.items()},
-                "decisions": self.decision_rows, "hp_init": self.hp_init.to_dict() if self.hp_init else None}
+                "decisions": decisions, "hp_init": self.hp_init.to_dict() if self.hp_init else None}
 
     def load_state_dict(self, state: dict) -> None:
         """Continue the run ``state`` was saved from: a new run id, linked as a branch (``branch_action =
@@ -524,6 +535,8 @@ class LiveManager:
                              wall_time_s=(h["wall"] - prev) if prev else None, diverged=h["diverged"], source="live"))
             prev = h["wall"]
         decisions = [dict(r, run_id=self.run_id) for r in self.decision_rows[self._first_decision:]]
+        if self._pending is not None:  # written mid-run (a checkpoint): the decision in flight, as it stands now
+            decisions.append(self._abandoned_row("still running when the trace was written"))
         stem = safe_filename(self.run_id)
         write_table(pa.Table.from_pylist(rows, schema=EPOCHS), out / "epochs" / f"task={self.task}" / f"{stem}.parquet", "epochs")
         write_table(pa.Table.from_pylist(decisions, schema=DECISIONS),
