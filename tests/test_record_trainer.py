@@ -97,3 +97,49 @@ def test_the_live_hook_on_the_same_factory_decides_once_per_evaluation(tmp_path)
     assert [(r["epoch"], r["step"]) for r in rows] == [(1, 4), (2, 8), (3, 12)]
     applied = json.loads(mgr.decision_rows[1]["action_json"])["applied"]["lr"]
     assert applied["after"] == pytest.approx(applied["before"] / 2)
+
+
+def test_the_plan_follows_the_trainers_own_evaluation_rule(tmp_path):
+    import torch
+
+    from examples.hf_trainer_tree import make_trainer
+    from tmsim.record_trainer import _eval_schedule
+
+    assert _eval_schedule(make_trainer(str(tmp_path), max_steps=16)) == (16, [4, 8, 12, 16])
+    assert _eval_schedule(make_trainer(str(tmp_path), max_steps=14)) == (14, [4, 8, 12, 14])  # and at the end
+    tr = make_trainer(str(tmp_path), max_steps=16)
+    tr.args.eval_delay = 8
+    assert _eval_schedule(tr) == (16, [8, 12, 16])
+    tr = make_trainer(str(tmp_path))
+    tr.eval_dataset = {"a": tr.eval_dataset, "b": tr.eval_dataset}
+    with pytest.raises(ValueError, match="several eval datasets"):
+        _eval_schedule(tr)
+    assert torch  # the factory's module imports torch
+
+
+def test_a_grandchild_keeps_the_dropout_its_parent_branch_set(tmp_path):
+    from tmsim.record_trainer import TrainerPlan, TrainerTreeSpec, record_trainer_tree
+
+    spec = TrainerTreeSpec(FACTORY, "hf-trainer-tree", depth=2)
+    up = ((1, "dropout_up"),)
+    plan = TrainerPlan(16, [4, 8, 12, 16], ("dropout_up", "lr_down"),
+                       [(), up, up + ((2, "dropout_up"),), up + ((2, "lr_down"),)])
+    runs, epochs = record_trainer_tree(spec, tmp_path, plan)
+    rows = {}
+    for r in epochs.to_pylist():
+        rows.setdefault(r["run_id"], []).append(r["dropout"])
+    root = spec.run_id(())
+    assert rows[root] == [0.0] * 5 and rows[spec.run_id(up)] == [pytest.approx(0.1)] * 3
+    # the checkpoint holds no dropout: the recorder carries it to the grandchildren, then applies their action
+    assert rows[spec.run_id(up + ((2, "dropout_up"),))] == [pytest.approx(0.2)] * 2
+    assert rows[spec.run_id(up + ((2, "lr_down"),))] == [pytest.approx(0.1)] * 2
+    assert not (tmp_path / ".tmsim-trainer-work").exists()
+
+
+def test_a_factory_that_raises_is_one_line_and_leaves_no_work_behind(tmp_path, capsys):
+    mod = tmp_path / "raising.py"
+    mod.write_text("def make_trainer(output_dir, seed=0):\n    raise RuntimeError('my dataset is missing')\n")
+    assert main(["record", "--trainer", f"{mod}:make_trainer", "--seeds", "0", "--out", str(tmp_path / "o")]) == 2
+    err = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("tmsim:")]
+    assert err == ["tmsim: error: the trainer factory make_trainer raised RuntimeError: my dataset is missing"]
+    assert not (tmp_path / "o" / ".tmsim-trainer-work").exists()

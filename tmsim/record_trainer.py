@@ -29,6 +29,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import inspect
+import json
 import math
 import shutil
 import sys
@@ -46,6 +47,8 @@ from .core.outcome import is_diverged
 from .traces.format import EPOCHS, RUNS, dumps, file_metadata, read_table, TraceError, write_table
 
 RECORDER_VERSION = "tmsim-trainer-1"
+#: File in a fork checkpoint holding the knobs the checkpoint itself does not (the model's dropout).
+FORK_KNOBS = "tmsim_fork.json"
 Branch = tuple[tuple[int, str], ...]
 #: Optimizer steps the probe trains to measure the step time.
 PROBE_STEPS = 3
@@ -86,7 +89,11 @@ def _call_factory(fn, output_dir: Path, seed: int):
     params = inspect.signature(fn).parameters
     kw = {k: v for k, v in (("output_dir", str(output_dir)), ("seed", seed)) if k in params
           or any(p.kind is p.VAR_KEYWORD for p in params.values())}
-    trainer = fn(**kw)
+    try:
+        trainer = fn(**kw)
+    except Exception as exc:  # noqa: BLE001 -- the user's factory: one line naming it, as for other bad input
+        raise ValueError(f"the trainer factory {getattr(fn, '__qualname__', fn)} raised {type(exc).__name__}: "
+                         f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
     from transformers import Trainer
 
     if not isinstance(trainer, Trainer):
@@ -131,15 +138,26 @@ def _eval_schedule(trainer) -> tuple[int, list[int]]:
     per_epoch = max(math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps), 1)
     max_steps = args.max_steps if args.max_steps and args.max_steps > 0 else int(math.ceil(args.num_train_epochs * per_epoch))
     strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    if isinstance(trainer.eval_dataset, dict):
+        raise ValueError(f"the trainer has several eval datasets ({', '.join(map(str, trainer.eval_dataset))}): each "
+                         "decision point reads one evaluation loss; give the factory's Trainer one eval_dataset")
+    delay = args.eval_delay or 0
     if strategy == "steps":
+        # the Trainer's own rule (DefaultFlowCallback): every eval_steps once eval_delay is reached, and at the end
         every = args.eval_steps or args.logging_steps
         every = int(every) if every >= 1 else max(int(math.ceil(every * max_steps)), 1)
-        steps = list(range(every, max_steps + 1, every))
+        steps = [s for s in range(every, max_steps + 1, every) if s >= delay]
+        if max_steps % every and max_steps >= delay:
+            steps.append(max_steps)
     elif strategy == "epoch":
-        steps = [min(per_epoch * k, max_steps) for k in range(1, int(math.ceil(max_steps / per_epoch)) + 1)]
+        epochs = int(math.ceil(max_steps / per_epoch))
+        steps = [min(per_epoch * k, max_steps) for k in range(1, epochs + 1) if k >= delay]
     else:
         raise ValueError("the trainer evaluates never (eval_strategy='no'): tmsim decides at evaluations; set "
                          "eval_strategy='steps' (with eval_steps) or 'epoch' in its TrainingArguments")
+    if not steps:
+        raise ValueError(f"the trainer never evaluates during its {max_steps} steps (eval_delay {delay}): nothing to "
+                         "decide at")
     log_strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
     gap = min(b - a for a, b in zip([0] + steps, steps))
     if log_strategy != "steps" or not args.logging_steps or args.logging_steps > gap:
@@ -262,6 +280,7 @@ class _Recorder:
         self.forks: dict[int, Path] = {}
         self._pending_fork: int | None = None
         self.train_loss_0: float | None = None
+        self.dropout: float | None = None
         self._t = time.perf_counter()
 
     def evaluated(self, args, state, control, m: dict, model, optimizer, scheduler) -> None:
@@ -293,8 +312,9 @@ class _Recorder:
         if diverged:
             self.diverged = True
             control.should_training_stop = True
-        elif self.index in self.forks_at and state.global_step > 0:
+        elif self.index in self.forks_at and 0 < state.global_step < self.plan.max_steps:
             self._pending_fork = self.index
+            self.dropout = actuators.nominal_dropout(model)
             control.should_save = True  # the Trainer saves right after this evaluation
 
     def saved(self, args, state) -> None:
@@ -305,6 +325,8 @@ class _Recorder:
         if dst.exists():
             shutil.rmtree(dst)
         shutil.move(str(src), str(dst))  # out of reach of the Trainer's checkpoint rotation
+        # what the checkpoint does not hold: the model's dropout (a module attribute, not a tensor)
+        (dst / FORK_KNOBS).write_text(json.dumps({"dropout": self.dropout}), encoding="utf-8")
         self.forks[self._pending_fork] = dst
         self._pending_fork = None
 
@@ -330,8 +352,9 @@ def _finite(v):
     return float(v) if v is not None and math.isfinite(float(v)) else None
 
 
-def _apply_at_begin(action: str):
-    """A callback that applies ``action`` to the resumed optimizer, scheduler and model at train begin."""
+def _apply_at_begin(action: str, fork: Path):
+    """A callback that, at train begin, restores what the fork's checkpoint does not hold (the model's dropout, from
+    ``FORK_KNOBS``) and applies ``action`` to the resumed optimizer, scheduler and model."""
     from transformers import TrainerCallback
 
     from .tasks import actuators
@@ -339,6 +362,9 @@ def _apply_at_begin(action: str):
     class Apply(TrainerCallback):
         def on_train_begin(self, args, state, control, model=None, optimizer=None, lr_scheduler=None, **kw):
             actuators.check_scheduler(lr_scheduler)
+            saved = json.loads((fork / FORK_KNOBS).read_text(encoding="utf-8"))
+            if saved.get("dropout") is not None:
+                actuators.shift_dropout(model, saved["dropout"])
             read = actuators.read_knobs(optimizer, lr_scheduler, model)
             hp = Hyperparams(lr=read["lr"], weight_decay=read["weight_decay"], dropout=read.get("dropout", 0.0))
             new = apply_action(hp, action)
@@ -397,8 +423,9 @@ def record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | No
                     meta = _run_meta(spec, trainer)
                     trainer.train()
                 else:
-                    trainer.add_callback(_apply_at_begin(b[-1][1]))
-                    trainer.train(resume_from_checkpoint=str(parent_forks[b[-1][0]]))
+                    fork = parent_forks[b[-1][0]]
+                    trainer.add_callback(_apply_at_begin(b[-1][1], fork))
+                    trainer.train(resume_from_checkpoint=str(fork))
             if rec.diverged:
                 status = "diverged"
             forks[b] = rec.forks
@@ -413,6 +440,10 @@ def record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | No
             del trainer
     finally:
         shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.parent.rmdir()  # the work folder goes once no other tree uses it
+        except OSError:
+            pass
     return pa.Table.from_pylist(runs, schema=RUNS), pa.Table.from_pylist(epochs, schema=EPOCHS)
 
 
@@ -476,52 +507,69 @@ def record_trainer(specs: list[TrainerTreeSpec], out: str | Path, dry_run: bool 
     """Record every tree of ``specs`` into ``out`` (module docs); returns counts. ``dry_run``: plan, measure and
     print the estimate, record nothing. ``executor="ray"``: one Ray task per tree (``tmsim.record_ray``), each
     asking for ``gpus_per_tree`` GPUs; trees that failed there are listed in ``stats["failed"]``."""
-    from .record import _library_lock, provenance
+    from .record import _library_lock
 
     out = Path(out)
     factory = load_factory(specs[0].trainer)
     stats = {"trees": 0, "skipped": 0, "runs": 0, "epochs": 0}
     t0 = time.perf_counter()
     with _library_lock(out):
-        work = out / ".tmsim-trainer-work" / "plan"
         try:
-            plan = plan_trainer_tree(specs[0], work, factory, probe=True)
+            return _record_locked(specs, out, factory, stats, t0, dry_run, overwrite, say, executor, ray_address,
+                                  gpus_per_tree, retries)
         finally:
-            shutil.rmtree(work, ignore_errors=True)
-        todo = [s for s in specs if overwrite or not is_recorded(s, out)]
-        stats["skipped"] = len(specs) - len(todo)
-        say(f"plan per tree: {plan.estimate()}")
-        say(f"{len(todo)} tree(s) to record ({stats['skipped']} already there): about "
-            f"{len(todo) * plan.steps_to_train() * (plan.step_seconds or 0):.0f} s in all")
-        if dry_run:
-            stats["plan"] = plan
-            return stats
-        def plan_of(s: TrainerTreeSpec) -> TrainerPlan:
-            return TrainerPlan(plan.max_steps, plan.eval_steps, plan.menu,
-                               plan_branches([i for i, st in enumerate(plan.eval_steps, 1) if st < plan.max_steps],
-                                             plan.menu, s.depth, s.budget, f"{s.task}/{s.scenario}/{s.seed}"),
-                               plan.step_seconds)
+            shutil.rmtree(out / ".tmsim-trainer-work", ignore_errors=True)
 
-        def write(s: TrainerTreeSpec, runs: pa.Table, epochs: pa.Table) -> None:
-            paths = s.paths(out)
-            md = {"recipe": s.recipe(), "provenance": dumps(provenance())}
-            write_table(epochs, paths["epochs"], "epochs", md)
-            write_table(runs, paths["runs"], "runs", md)
-            stats["trees"] += 1
-            stats["runs"] += runs.num_rows
-            stats["epochs"] += epochs.num_rows
-            say(f"{s.run_id(())}: {runs.num_rows} runs, {epochs.num_rows} evaluations written")
 
-        if executor == "ray":
-            from .record_ray import run_trees
+def _record_locked(specs, out, factory, stats, t0, dry_run, overwrite, say, executor, ray_address, gpus_per_tree,
+                   retries) -> dict:
+    """``record_trainer`` under the library lock: plan and probe, print the estimate, record each tree."""
+    from .record import provenance
 
-            jobs = [(s, f"tmsim-trainer-{s.task}-s{s.seed}", float(gpus_per_tree), (s, plan_of(s), _absolute_ref(s.trainer)))
-                    for s in todo]
-            stats["failed"] = run_trees(_ray_trainer_tree, jobs, write, retries, ray_address)
-        else:
-            for s in todo:
-                runs, epochs = record_trainer_tree(s, out, plan_of(s), factory, say)
-                write(s, runs, epochs)
-        shutil.rmtree(out / ".tmsim-trainer-work", ignore_errors=True)
+    work = out / ".tmsim-trainer-work" / "plan"
+    try:
+        plan = plan_trainer_tree(specs[0], work, factory, probe=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    todo = [s for s in specs if overwrite or not is_recorded(s, out)]
+    stats["skipped"] = len(specs) - len(todo)
+    say(f"plan per tree: {plan.estimate()}")
+    singles = sum(1 for b in plan.branches if len(b) == 1)
+    if specs[0].budget is not None and specs[0].budget < 1 + len(plan.menu) * min(specs[0].depth, len(
+            [s for s in plan.eval_steps if s < plan.max_steps])):
+        say(f"note: --budget {specs[0].budget} is below the root and every single-action branch; "
+            f"{singles} single-action branches are kept, in plan order")
+    say(f"{len(todo)} tree(s) to record ({stats['skipped']} already there): about "
+        f"{len(todo) * plan.steps_to_train() * (plan.step_seconds or 0):.0f} s in all")
+    if dry_run:
+        stats["plan"] = plan
+        return stats
+
+    def plan_of(s: TrainerTreeSpec) -> TrainerPlan:
+        return TrainerPlan(plan.max_steps, plan.eval_steps, plan.menu,
+                           plan_branches([i for i, st in enumerate(plan.eval_steps, 1) if st < plan.max_steps],
+                                         plan.menu, s.depth, s.budget, f"{s.task}/{s.scenario}/{s.seed}"),
+                           plan.step_seconds)
+
+    def write(s: TrainerTreeSpec, runs: pa.Table, epochs: pa.Table) -> None:
+        paths = s.paths(out)
+        md = {"recipe": s.recipe(), "provenance": dumps(provenance())}
+        write_table(epochs, paths["epochs"], "epochs", md)
+        write_table(runs, paths["runs"], "runs", md)
+        stats["trees"] += 1
+        stats["runs"] += runs.num_rows
+        stats["epochs"] += epochs.num_rows
+        say(f"{s.run_id(())}: {runs.num_rows} runs, {epochs.num_rows} evaluations written")
+
+    if executor == "ray":
+        from .record_ray import run_trees
+
+        jobs = [(s, f"tmsim-trainer-{s.task}-s{s.seed}", float(gpus_per_tree), (s, plan_of(s), _absolute_ref(s.trainer)))
+                for s in todo]
+        stats["failed"] = run_trees(_ray_trainer_tree, jobs, write, retries, ray_address)
+    else:
+        for s in todo:
+            runs, epochs = record_trainer_tree(s, out, plan_of(s), factory, say)
+            write(s, runs, epochs)
     stats["seconds"] = round(time.perf_counter() - t0, 1)
     return stats
