@@ -553,3 +553,14 @@ def test_a_decide_that_raises_on_lookup_is_a_policy_exception_not_a_timeout():
         kinds = [r["violations"] for r in mgr.decision_rows]
         assert kinds in ([["policy_exception"]] * 2, [[]] * 2), kinds
         assert all(r["latency_ms"] < 2000 for r in mgr.decision_rows)
+
+
+def test_hf_several_eval_datasets_give_one_decision_point_per_step(tmp_path):
+    mgr = _mgr(SequencePolicy(["continue"] * 5), max_epochs=4)
+    tr = _trainer(tmp_path / "out", mgr, eval_strategy="steps", eval_steps=4, max_steps=16)
+    tr.eval_dataset = {"a": tr.eval_dataset, "b": tr.eval_dataset}
+    tr.evaluate()
+    tr.train()
+    assert [h["step"] for h in mgr.history] == [0, 4, 8, 12, 16]
+    assert all(h["val_loss"] is not None for h in mgr.history)
+    assert [(r["epoch"], r["step"]) for r in mgr.decision_rows] == [(1, 4), (2, 8), (3, 12)]

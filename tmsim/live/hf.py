@@ -8,7 +8,8 @@
   ``global_step``, so decisions are never duplicated when evaluations fall inside an epoch. With
   ``eval_strategy="no"`` the policy is never asked: the callback says so at train begin. The training loss of a row
   is the mean of the losses the Trainer logged since the previous evaluation (None, with a warning, when it logged
-  none: set ``logging_steps`` at most the evaluation interval).
+  none: set ``logging_steps`` at most the evaluation interval). With several eval datasets the first evaluation at a
+  step is the decision point (its ``eval_NAME_loss``); the others at that step are ignored, with a warning.
 - **Steps.** ``on_step_end`` fires after each optimizer step, so gradient accumulation is respected; a stop sets
   ``control.should_training_stop``.
 - **Checkpoints.** ``on_save`` writes ``tmsim_live.json`` (``LiveManager.state_dict()``) into the checkpoint and the
@@ -102,6 +103,14 @@ class TMSimCallback(TrainerCallback):
     def on_evaluate(self, args, state, control, metrics=None, model=None, **kw):
         self._prepare(args, model)
         m = metrics or {}
+        if "eval_loss" not in m:  # several eval datasets: the Trainer evaluates each, prefixing eval_NAME_
+            named = sorted(k for k in m if k.startswith("eval_") and k.endswith("_loss"))
+            if named:
+                m = {**m, "eval_loss": m[named[0]]}
+        if self.mgr.history and self.mgr.history[-1].get("step") == state.global_step:
+            self.mgr._warn_once("hf-several-evals", "tmsim live: several evaluations at step %d (several eval "
+                                "datasets?): the first one is the decision point", state.global_step)
+            return control
         train_loss = sum(self._losses) / len(self._losses) if self._losses else None
         if train_loss is None and state.global_step > 0:
             self.mgr._warn_once("hf-train-loss", "tmsim live: no training loss was logged since the previous "
