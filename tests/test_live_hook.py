@@ -237,16 +237,21 @@ def test_adversarial_output_never_raises_on_the_training_thread(case, mode, tmp_
 
 
 # --- close ---------------------------------------------------------------------------------------------------------
+class Slow:
+    """Answers lr_down after ``seconds``."""
+    policy_id, version = "slow", "1"
+
+    def __init__(self, seconds):
+        self.seconds = seconds
+
+    def decide(self, snap):
+        time.sleep(self.seconds)
+        return "lr_down"
+
+
 def test_a_decision_in_flight_at_close_is_recorded_as_abandoned_and_close_is_bounded(tmp_path):
-    class Slow:
-        policy_id, version = "slow", "1"
-
-        def decide(self, snap):
-            time.sleep(20)
-            return "lr_down"
-
     model, opt = _sgd()
-    mgr = _mgr(Slow(), mode="async", max_epochs=4, optimizer=opt, model=model, close_timeout=0.3,
+    mgr = _mgr(Slow(20), mode="async", max_epochs=4, optimizer=opt, model=model, close_timeout=0.3,
                record_dir=tmp_path / "rec")
     mgr.on_epoch_end(_metrics(0))
     mgr.on_epoch_end(_metrics(1))
@@ -499,16 +504,9 @@ def test_hf_resume_from_a_checkpoint_restores_the_manager_and_links_the_trace(tm
 
 
 def test_a_decision_in_flight_at_a_checkpoint_is_abandoned_in_the_saved_state_and_trace(tmp_path):
-    class Slow:
-        policy_id, version = "slow", "1"
-
-        def decide(self, snap):
-            time.sleep(3)
-            return "lr_down"
-
     model, opt = _sgd()
     rec = tmp_path / "rec"
-    first = _mgr(Slow(), mode="async", max_epochs=4, optimizer=opt, model=model, record_dir=rec,
+    first = _mgr(Slow(3), mode="async", max_epochs=4, optimizer=opt, model=model, record_dir=rec,
                  run_id="live:custom:inflight", timeout=10)
     first.on_epoch_end(_metrics(0))
     first.on_epoch_end(_metrics(1))  # decision asked, still running
