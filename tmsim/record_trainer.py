@@ -365,15 +365,8 @@ def _apply_at_begin(action: str, fork: Path):
             saved = json.loads((fork / FORK_KNOBS).read_text(encoding="utf-8"))
             if saved.get("dropout") is not None:
                 actuators.shift_dropout(model, saved["dropout"])
-            read = actuators.read_knobs(optimizer, lr_scheduler, model)
-            hp = Hyperparams(lr=read["lr"], weight_decay=read["weight_decay"], dropout=read.get("dropout", 0.0))
-            new = apply_action(hp, action)
-            if new.lr != hp.lr:
-                actuators.scale_lr(optimizer, lr_scheduler, new.lr / hp.lr)
-            if new.weight_decay != hp.weight_decay:
-                actuators.set_weight_decay(optimizer, new.weight_decay)
-            if new.dropout != hp.dropout:
-                actuators.shift_dropout(model, new.dropout)
+            hp = Hyperparams(lr=float("nan")).with_(**actuators.read_knobs(optimizer, lr_scheduler, model))
+            actuators.apply_knobs(optimizer, lr_scheduler, model, hp, apply_action(hp, action))
             return control
 
     return Apply()

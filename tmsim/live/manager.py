@@ -398,16 +398,10 @@ class LiveManager:
             self.should_stop = True
             return {}
         before, new = self._read(), act.hparams
-        for k in act.changed:
-            if k == "lr":
-                actuators.scale_lr(self.optimizer, self.scheduler, new.lr / seen.lr)
-            elif k == "weight_decay":
-                actuators.set_weight_decay(self.optimizer, new.weight_decay)
-            elif k == "dropout":
-                actuators.shift_dropout(self.model, new.dropout)
-            elif k == "aux_loss_weight":
-                self.loss_weight_setter(new.aux_loss_weight)
-                self.hparams = self.hparams.with_(aux_loss_weight=new.aux_loss_weight)
+        actuators.apply_knobs(self.optimizer, self.scheduler, self.model, seen, new)
+        if "aux_loss_weight" in act.changed:
+            self.loss_weight_setter(new.aux_loss_weight)
+            self.hparams = self.hparams.with_(aux_loss_weight=new.aux_loss_weight)
         self.hparams = after = self._read()
         return {k: {"before": getattr(before, k), "after": getattr(after, k)} for k in act.changed}
 

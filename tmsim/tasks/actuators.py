@@ -191,3 +191,16 @@ def read_knobs(optimizer: Any, scheduler: Any, model: Any) -> dict[str, float]:
     if d is not None:
         out["dropout"] = d
     return out
+
+
+def apply_knobs(optimizer: Any, scheduler: Any, model: Any, old: Any, new: Any) -> None:
+    """Turn the attached objects from the knob values ``old`` to ``new`` (``Hyperparams``): the LR by the factor
+    ``new.lr / old.lr`` (``scale_lr``), weight decay to ``new.weight_decay`` (``set_weight_decay``), dropout to
+    ``new.dropout`` (``shift_dropout``); a knob whose value does not change is left alone. The live hook and the
+    Trainer recorder apply every action through this one function."""
+    if new.lr != old.lr:
+        scale_lr(optimizer, scheduler, new.lr / old.lr)
+    if new.weight_decay != old.weight_decay:
+        set_weight_decay(optimizer, new.weight_decay)
+    if new.dropout != old.dropout:
+        shift_dropout(model, new.dropout)
