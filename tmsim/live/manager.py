@@ -124,17 +124,14 @@ class LiveManager:
         self.root_run_id, self.parent_run_id, self.branch_epoch, self.depth = self.run_id, None, None, 0
         self.record_dir = Path(record_dir) if record_dir else None
         self.n_losses = n_losses or (2 if hparams is not None and hparams.aux_loss_weight is not None else 1)
-        self.policy, self.promotion, promoted_bounds, record, kind = self._check_promotion(
+        self.policy, self.promotion, promoted_bounds, record = self._check_promotion(
             policy, spec, promotions, allow_unpromoted, policy_process)
         self.scope = self._check_scope(record, out_of_scope)
         self._owns_policy = policy is None
-        if policy is not None and policy_process:
-            from ..policies.isolated import IsolatedPolicy
-
-            if not isinstance(self.policy, IsolatedPolicy):
-                self.policy, self._owns_policy = IsolatedPolicy.from_object(self.policy), True
         from ..policies.isolated import IsolatedPolicy
 
+        if policy is not None and policy_process and not isinstance(self.policy, IsolatedPolicy):
+            self.policy, self._owns_policy = IsolatedPolicy.from_object(self.policy), True
         self.policy_process = isinstance(self.policy, IsolatedPolicy)
         pid, ver = policy_identity(self.policy)
         self._identity = SimpleNamespace(policy_id=pid, version=ver)
@@ -173,8 +170,8 @@ class LiveManager:
 
     # --- promotion and scope -------------------------------------------------------------------------------------
     def _check_promotion(self, policy, spec, promotions, allow_unpromoted: bool, policy_process: bool | None):
-        """(policy, promotion string, bounds of the promoted suite or None, record or None, kind);
-        raises ``NotPromotedError``."""
+        """(policy, promotion string, bounds of the promoted suite or None, record or None); raises
+        ``NotPromotedError``."""
         # only the record checker: the simulator, leaderboard, DuckDB and scikit-learn stay out of a training process
         from ..core.config import default_promotions
         from ..evaluate.promote import verify_record
@@ -199,7 +196,7 @@ class LiveManager:
             if res.ok and not problems:
                 # built only now, after its code and files were checked against the record
                 return (policy if policy is not None else build(spec), f"promoted ({spec.name})",
-                        Bounds(**res.record["bounds"]), res.record, spec.kind)
+                        Bounds(**res.record["bounds"]), res.record)
         else:
             if policy is None:
                 raise ValueError("LiveManager needs a policy spec (spec=...), or a policy object with allow_unpromoted=True")
@@ -210,7 +207,7 @@ class LiveManager:
         log.warning("tmsim live: RUNNING AN UNPROMOTED POLICY (allow_unpromoted=True): %s", "; ".join(problems))
         if policy is None:
             policy = build(spec)
-        return policy, "UNPROMOTED (allow_unpromoted=True): " + "; ".join(problems), None, None, getattr(spec, "kind", None)
+        return policy, "UNPROMOTED (allow_unpromoted=True): " + "; ".join(problems), None, None
 
     def _check_scope(self, record: dict | None, out_of_scope: str | None) -> str:
         """The scope note the trace records; raises ``NotPromotedError`` for a run outside a promoted scope."""
@@ -291,7 +288,7 @@ class LiveManager:
             raise ValueError("the live hook knows no LR: attach an optimizer or pass hparams")
         self.hparams = self._read()
         row = {k: _num(metrics.get(k)) for k in ("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm", "update_ratio")}
-        row.update(epoch=self.epoch, step=self.step, **self._knobs(), wall=time.time())
+        row.update(epoch=self.epoch, step=self.step, **self.hparams.to_dict(), wall=time.time())
         if self.hp_init is None:
             self.hp_init = self.hparams
         guard = self._nan_guard(metrics)
@@ -405,10 +402,6 @@ class LiveManager:
         self.hparams = after = self._read()
         return {k: {"before": getattr(before, k), "after": getattr(after, k)} for k in act.changed}
 
-    def _knobs(self) -> dict:
-        hp = self.hparams
-        return {"lr": hp.lr, "weight_decay": hp.weight_decay, "dropout": hp.dropout, "aux_loss_weight": hp.aux_loss_weight}
-
     def _warn_once(self, key: str, msg: str, *args) -> None:
         if key not in self._warned:
             self._warned.add(key)
@@ -465,9 +458,8 @@ class LiveManager:
         """The decisions row of the decision in flight, as abandoned now (latency so far, steps since it was asked)."""
         ticket = self._pending
         ms = (time.perf_counter() - ticket["t0"]) * 1000
-        row = decision_row(self._identity, ticket["snap"], PolicyFailure("abandoned", why), ms, None, ["abandoned"],
-                           "continue", "fallback", self.step - ticket["step"], step=ticket["step"])
-        return row
+        return decision_row(self._identity, ticket["snap"], PolicyFailure("abandoned", why), ms, None, ["abandoned"],
+                            "continue", "fallback", self.step - ticket["step"], step=ticket["step"])
 
     # --- resume --------------------------------------------------------------------------------------------------
     def state_dict(self) -> dict:
@@ -528,7 +520,7 @@ class LiveManager:
                              grad_norm=_finite(h["grad_norm"]), update_ratio=_finite(h["update_ratio"]),
                              wall_time_s=(h["wall"] - prev) if prev else None, diverged=h["diverged"], source="live"))
             prev = h["wall"]
-        decisions = [dict(r, run_id=self.run_id) for r in self.decision_rows[self._first_decision:]]
+        decisions = self.decision_rows[self._first_decision:]  # this run's own (earlier ones: the resumed run's)
         if self._pending is not None:  # written mid-run (a checkpoint): the decision in flight, as it stands now
             decisions.append(self._abandoned_row("still running when the trace was written"))
         stem = safe_filename(self.run_id)

@@ -28,6 +28,7 @@ import time
 from typing import Any
 
 from ..core.decision import DEFAULT_TIMEOUT, Answer, failure, guarded, register_guarding
+from ..core.names import safe_name
 from ..core.snapshot import Snapshot
 
 #: Address-space limit of a policy process (MiB); override with TMSIM_POLICY_MEMORY_MB.
@@ -131,8 +132,11 @@ class IsolatedPolicy:
             raise ValueError(f"policy_process=True: the policy object ({type(policy).__name__}) cannot be sent to "
                              f"another process ({type(exc).__name__}: {exc}); build it from a spec instead") from None
         pid, ver = policy_identity(policy)
-        return cls(PolicySpec(name=pid if _safe(pid) else "policy", kind="constant", version=ver or "1"),
-                   memory_mb=memory_mb, _blob=blob)
+        try:
+            name = safe_name(pid)
+        except ValueError:  # the spec's name must be a safe file name; this one only labels the process
+            name = "policy"
+        return cls(PolicySpec(name=name, kind="constant", version=ver or "1"), memory_mb=memory_mb, _blob=blob)
 
     def _start(self) -> bool:
         import multiprocessing as mp
@@ -244,9 +248,3 @@ class IsolatedPolicy:
             self.close()
         except Exception:  # noqa: BLE001 -- interpreter shutdown
             pass
-
-
-def _safe(name: str) -> bool:
-    import re
-
-    return bool(re.fullmatch(r"[A-Za-z0-9._-]{1,128}", name))
