@@ -34,7 +34,7 @@ import math
 import shutil
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -114,6 +114,17 @@ class TrainerPlan:
     def step_of(self, index: int) -> int:
         return 0 if index == 0 else self.eval_steps[index - 1]
 
+    @property
+    def points(self) -> list[int]:
+        """The decision points: indices of the evaluations before the last step."""
+        return [i for i, s in enumerate(self.eval_steps, 1) if s < self.max_steps]
+
+    def for_tree(self, spec: "TrainerTreeSpec") -> "TrainerPlan":
+        """This plan with the branches of ``spec`` (its depth, budget and sampling seed)."""
+        branches = plan_branches(self.points, self.menu, spec.depth, spec.budget,
+                                 f"{spec.task}/{spec.scenario}/{spec.seed}")
+        return TrainerPlan(self.max_steps, self.eval_steps, self.menu, branches, self.step_seconds)
+
     def steps_to_train(self) -> int:
         """Optimizer steps the whole tree trains: the root from 0, each branch from its fork (``stop``: none)."""
         total = 0
@@ -126,10 +137,16 @@ class TrainerPlan:
     def estimate(self) -> str:
         n = self.steps_to_train()
         secs = f"{n * self.step_seconds:.0f} s" if self.step_seconds else "unknown time"
-        pts = ", ".join(f"{i} (step {s})" for i, s in enumerate(self.eval_steps, 1) if s < self.max_steps)
+        pts = ", ".join(f"{i} (step {self.step_of(i)})" for i in self.points)
         return (f"{len(self.branches)} runs ({len(self.branches) - 1} branches, menu {', '.join(self.menu)}), "
                 f"{n} optimizer steps x {self.step_seconds or float('nan'):.3f} s/step measured = about {secs}; "
                 f"decision points (evaluation index, step): {pts}")
+
+
+def _setting(value: Any) -> str:
+    """A ``TrainingArguments`` setting as text: the enum's value (``IntervalStrategy.STEPS`` -> ``"steps"``), or the
+    string itself where the argument was set after construction."""
+    return str(getattr(value, "value", value))
 
 
 def _eval_schedule(trainer) -> tuple[int, list[int]]:
@@ -137,7 +154,7 @@ def _eval_schedule(trainer) -> tuple[int, list[int]]:
     args = trainer.args
     per_epoch = max(math.ceil(len(trainer.get_train_dataloader()) / args.gradient_accumulation_steps), 1)
     max_steps = args.max_steps if args.max_steps and args.max_steps > 0 else int(math.ceil(args.num_train_epochs * per_epoch))
-    strategy = str(getattr(args.eval_strategy, "value", args.eval_strategy))
+    strategy = _setting(args.eval_strategy)
     if isinstance(trainer.eval_dataset, dict):
         raise ValueError(f"the trainer has several eval datasets ({', '.join(map(str, trainer.eval_dataset))}): each "
                          "decision point reads one evaluation loss; give the factory's Trainer one eval_dataset")
@@ -158,7 +175,7 @@ def _eval_schedule(trainer) -> tuple[int, list[int]]:
     if not steps:
         raise ValueError(f"the trainer never evaluates during its {max_steps} steps (eval_delay {delay}): nothing to "
                          "decide at")
-    log_strategy = str(getattr(args.logging_strategy, "value", args.logging_strategy))
+    log_strategy = _setting(args.logging_strategy)
     gap = min(b - a for a, b in zip([0] + steps, steps))
     if log_strategy != "steps" or not args.logging_steps or args.logging_steps > gap:
         raise ValueError(f"the trainer logs its training loss less often than it evaluates (logging_strategy "
@@ -219,12 +236,10 @@ def plan_trainer_tree(spec: TrainerTreeSpec, work: Path, factory=None, probe: bo
     factory = factory or load_factory(spec.trainer)
     trainer = _call_factory(factory, work / "probe", spec.seed)
     max_steps, steps = _eval_schedule(trainer)
-    points = [i for i, s in enumerate(steps, 1) if s < max_steps]
-    if not points:
+    plan = TrainerPlan(max_steps, steps, _menu_for(trainer), [])
+    if not plan.points:
         raise ValueError(f"--trainer {spec.trainer}: no evaluation before the last step ({max_steps}): nothing to decide")
-    menu = _menu_for(trainer)
-    plan = TrainerPlan(max_steps, steps, menu, plan_branches(points, menu, spec.depth, spec.budget,
-                                                             f"{spec.task}/{spec.scenario}/{spec.seed}"))
+    plan = plan.for_tree(spec)
     if probe:
         times: list[float] = []
 
@@ -446,19 +461,17 @@ def _run_meta(spec: TrainerTreeSpec, trainer) -> dict:
     args = trainer.args
     model = trainer.model
     d = actuators.nominal_dropout(model)
-    opt_name = str(getattr(args.optim, "value", args.optim))
+    opt_name = _setting(args.optim)
     return dict(model=type(model).__name__, n_params=sum(p.numel() for p in model.parameters()),
                 dataset=type(trainer.train_dataset).__name__, init_lr=float(args.learning_rate),
                 init_weight_decay=float(args.weight_decay), init_dropout=d if d is not None else 0.0,
                 init_aux_loss_weight=None, optimizer=opt_name,
                 optimizer_json=dumps({"optim": opt_name, "adam_beta1": args.adam_beta1, "adam_beta2": args.adam_beta2,
                                       "adam_epsilon": args.adam_epsilon}),
-                settings_json=dumps({"trainer": spec.trainer, "eval_strategy": str(getattr(args.eval_strategy, "value",
-                                                                                            args.eval_strategy)),
+                settings_json=dumps({"trainer": spec.trainer, "eval_strategy": _setting(args.eval_strategy),
                                      "eval_steps": args.eval_steps, "max_steps": args.max_steps,
                                      "num_train_epochs": args.num_train_epochs,
-                                     "lr_scheduler_type": str(getattr(args.lr_scheduler_type, "value",
-                                                                      args.lr_scheduler_type)),
+                                     "lr_scheduler_type": _setting(args.lr_scheduler_type),
                                      "batch_size": args.per_device_train_batch_size,
                                      "gradient_accumulation_steps": args.gradient_accumulation_steps}))
 
@@ -528,8 +541,7 @@ def _record_locked(specs, out, factory, stats, t0, dry_run, overwrite, say, exec
     stats["skipped"] = len(specs) - len(todo)
     say(f"plan per tree: {plan.estimate()}")
     singles = sum(1 for b in plan.branches if len(b) == 1)
-    if specs[0].budget is not None and specs[0].budget < 1 + len(plan.menu) * min(specs[0].depth, len(
-            [s for s in plan.eval_steps if s < plan.max_steps])):
+    if specs[0].budget is not None and specs[0].budget < 1 + len(plan.menu) * min(specs[0].depth, len(plan.points)):
         say(f"note: --budget {specs[0].budget} is below the root and every single-action branch; "
             f"{singles} single-action branches are kept, in plan order")
     say(f"{len(todo)} tree(s) to record ({stats['skipped']} already there): about "
@@ -537,12 +549,6 @@ def _record_locked(specs, out, factory, stats, t0, dry_run, overwrite, say, exec
     if dry_run:
         stats["plan"] = plan
         return stats
-
-    def plan_of(s: TrainerTreeSpec) -> TrainerPlan:
-        return TrainerPlan(plan.max_steps, plan.eval_steps, plan.menu,
-                           plan_branches([i for i, st in enumerate(plan.eval_steps, 1) if st < plan.max_steps],
-                                         plan.menu, s.depth, s.budget, f"{s.task}/{s.scenario}/{s.seed}"),
-                           plan.step_seconds)
 
     def write(s: TrainerTreeSpec, runs: pa.Table, epochs: pa.Table) -> None:
         paths = s.paths(out)
@@ -557,12 +563,12 @@ def _record_locked(specs, out, factory, stats, t0, dry_run, overwrite, say, exec
     if executor == "ray":
         from .record_ray import run_trees
 
-        jobs = [(s, f"tmsim-trainer-{s.task}-s{s.seed}", float(gpus_per_tree), (s, plan_of(s), _absolute_ref(s.trainer)))
+        jobs = [(s, f"tmsim-trainer-{s.task}-s{s.seed}", float(gpus_per_tree), (s, plan.for_tree(s), _absolute_ref(s.trainer)))
                 for s in todo]
         stats["failed"] = run_trees(_ray_trainer_tree, jobs, write, retries, ray_address)
     else:
         for s in todo:
-            runs, epochs = record_trainer_tree(s, out, plan_of(s), factory, say)
+            runs, epochs = record_trainer_tree(s, out, plan.for_tree(s), factory, say)
             write(s, runs, epochs)
     stats["seconds"] = round(time.perf_counter() - t0, 1)
     return stats
