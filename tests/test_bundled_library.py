@@ -6,7 +6,7 @@ import json
 import pyarrow.compute as pc
 
 from tmsim.traces import load_library
-from tmsim.traces.format import SCHEMA_VERSION, file_metadata
+from tmsim.traces.format import READABLE_VERSIONS, file_metadata
 from tmsim.traces.query import connect
 from tmsim.traces.summary import summary_table
 
@@ -20,7 +20,7 @@ def test_bundled_library_is_valid_and_complete(bundled):
     assert set(pc.unique(lib.runs["source"]).to_pylist()) == {"recorded"}
     runs_file = lib.files["runs"][0]
     md = file_metadata(runs_file)
-    assert md["tmsim.schema_version"] == SCHEMA_VERSION
+    assert md["tmsim.schema_version"] in READABLE_VERSIONS
     prov = json.loads(md["tmsim.provenance"])
     assert {"torch", "cpu_capability", "threads", "numpy", "blas"} <= set(prov) and prov["threads"] == 1
 

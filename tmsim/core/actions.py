@@ -34,7 +34,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .hparams import KNOBS, Hyperparams
+from .hparams import KNOBS, RL_KNOBS, Hyperparams, run_knobs
 from .menu import ACTIONS, ALL_ACTIONS, SET_ACTIONS, apply_action
 from .snapshot import Snapshot
 VIOLATIONS = ("policy_exception", "timeout", "empty_output", "unparseable", "unknown_action", "missing_value",
@@ -70,7 +70,9 @@ class Bounds(BaseModel):
     (``weight_decay`` is capped at ``max_factor * 5`` times, or ``weight_decay_step`` from zero). The defaults admit
     every menu action (the largest step, ``aux_weight_up``, is x4), so a recorded branch is always reachable; ``max_dropout_step``
     the absolute change of dropout; ``cooldown_epochs`` the gap between two changes of the same knob;
-    ``min_stop_epoch`` the first epoch a stop is allowed; ``max_interventions`` the changes allowed per run (None:
+    ``min_stop_epoch`` the first epoch a stop is allowed; for RL runs ``ent_coef`` moves like ``weight_decay`` (by
+    ``max_factor``, or to ``ent_coef_step`` from zero), ``log_std`` by at most ``max_log_std_step`` and ``clip_range``
+    by ``max_factor``; ``max_interventions`` the changes allowed per run (None:
     no limit).
     """
 
@@ -84,6 +86,14 @@ class Bounds(BaseModel):
     dropout_max: float = Field(0.5, ge=0, lt=1)
     aux_loss_weight_min: float = Field(1e-3, gt=0)
     aux_loss_weight_max: float = Field(1e3, gt=0)
+    ent_coef_min: float = Field(0.0, ge=0)
+    ent_coef_max: float = Field(0.5, ge=0)
+    ent_coef_step: float = Field(1e-3, ge=0)
+    log_std_min: float = Field(-5.0)
+    log_std_max: float = Field(1.5)
+    max_log_std_step: float = Field(0.5, ge=0)
+    clip_range_min: float = Field(0.02, gt=0)
+    clip_range_max: float = Field(0.8, gt=0)
     max_factor: float = Field(4.0, ge=1)
     max_dropout_step: float = Field(0.1, ge=0)
     cooldown_epochs: int = Field(0, ge=0)
@@ -118,9 +128,10 @@ class ValidatedAction:
 
     def to_json(self) -> str:
         hp = self.hparams
+        rl = {k: getattr(hp, k) for k in RL_KNOBS[1:] if getattr(hp, k) is not None}
         return json.dumps({"action": self.action, "stop": self.stop, "changed": list(self.changed), "lr": hp.lr,
                            "weight_decay": hp.weight_decay, "dropout": hp.dropout,
-                           "aux_loss_weight": hp.aux_loss_weight}, sort_keys=True, separators=(",", ":"))
+                           "aux_loss_weight": hp.aux_loss_weight, **rl}, sort_keys=True, separators=(",", ":"))
 
 
 class PolicyFailure:
@@ -266,7 +277,7 @@ def _validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAc
             return _fallback(snapshot), ["non_finite_value"]
         target = apply_action(hp, action)
     changed = [k for k in KNOBS if getattr(target, k) != getattr(hp, k)]
-    if not changed:
+    if not changed or any(k not in run_knobs(hp) for k in changed):  # nothing changes, or a knob this run lacks
         return _fallback(snapshot), ["no_effect"]
     if _budget_left(snapshot, bounds) <= 0:
         return _fallback(snapshot), ["budget_exhausted"]
@@ -309,6 +320,12 @@ def _sensible(knob: str, value: float, bounds: Bounds) -> bool:
         return value > 0 and lo / f <= value <= hi * f
     if knob == "dropout":
         return 0 <= value < 1
+    if knob == "log_std":
+        return lo - 10 <= value <= hi + 10
+    if knob == "clip_range":
+        return 0 < value <= 1
+    if knob == "ent_coef":
+        return 0 <= value <= max(hi, bounds.ent_coef_step) * f
     return value >= 0 and value <= max(hi, bounds.weight_decay_step) * f
 
 
@@ -330,6 +347,10 @@ def _step_limits(knob: str, old: float, bounds: Bounds) -> tuple[float, float]:
     """The range a knob may move to in one decision, from ``old``."""
     if knob == "dropout":
         lo, hi = old - bounds.max_dropout_step, old + bounds.max_dropout_step
+    elif knob == "log_std":
+        lo, hi = old - bounds.max_log_std_step, old + bounds.max_log_std_step
+    elif knob == "ent_coef":
+        lo, hi = old / bounds.max_factor, max(old * bounds.max_factor, bounds.ent_coef_step)
     elif knob == "weight_decay":
         f = bounds.max_factor * 5
         lo, hi = old / f, max(old * f, bounds.weight_decay_step)

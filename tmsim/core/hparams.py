@@ -11,7 +11,7 @@ Example
 >>> hp.with_(lr=0.05).lr
 0.05
 >>> Hyperparams.from_row({"init_lr": 0.2}, prefix="init_")
-Hyperparams(lr=0.2, weight_decay=0.0, dropout=0.0, aux_loss_weight=None)
+Hyperparams(lr=0.2, weight_decay=0.0, dropout=0.0, aux_loss_weight=None, ent_coef=None, log_std=None, clip_range=None)
 """
 from __future__ import annotations
 
@@ -19,19 +19,36 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any, Mapping
 
 #: Every knob, in the order of trace columns and feature vectors.
-KNOBS = ("lr", "weight_decay", "dropout", "aux_loss_weight")
+KNOBS = ("lr", "weight_decay", "dropout", "aux_loss_weight", "ent_coef", "log_std", "clip_range")
 #: How a change of each knob is measured (see the module docs).
-KNOB_SCALE = {"lr": "log", "weight_decay": "log10", "dropout": "linear", "aux_loss_weight": "log"}
+KNOB_SCALE = {"lr": "log", "weight_decay": "log10", "dropout": "linear", "aux_loss_weight": "log",
+              "ent_coef": "log10", "log_std": "linear", "clip_range": "log"}
+#: The knobs of a supervised run; an RL run (one whose ``ent_coef`` or ``log_std`` is set) has ``RL_KNOBS`` instead.
+SUPERVISED_KNOBS = ("lr", "weight_decay", "dropout", "aux_loss_weight")
+RL_KNOBS = ("lr", "ent_coef", "log_std", "clip_range")
+
+
+def run_knobs(hp: "Hyperparams") -> tuple[str, ...]:
+    """The knobs a run with ``hp`` has: ``RL_KNOBS`` for a reinforcement-learning run (PPO's entropy coefficient,
+    the policy's action-noise log-std, the clip range), else ``SUPERVISED_KNOBS``. A knob whose value is ``None``
+    (``aux_loss_weight`` of a single-loss run) has nothing to act on either."""
+    names = RL_KNOBS if hp.ent_coef is not None or hp.log_std is not None else SUPERVISED_KNOBS
+    return tuple(k for k in names if getattr(hp, k) is not None)
 
 
 @dataclass(frozen=True)
 class Hyperparams:
-    """The knobs a training manager may turn. ``aux_loss_weight`` is ``None`` for single-loss tasks."""
+    """The knobs a training manager may turn. ``aux_loss_weight`` is ``None`` for single-loss tasks; ``ent_coef``
+    (PPO's entropy bonus), ``log_std`` (the mean log standard deviation of the policy's Gaussian action noise) and
+    ``clip_range`` (PPO's ratio clip) are ``None`` for supervised tasks."""
 
     lr: float
     weight_decay: float = 0.0
     dropout: float = 0.0
     aux_loss_weight: float | None = None
+    ent_coef: float | None = None
+    log_std: float | None = None
+    clip_range: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -43,7 +60,7 @@ class Hyperparams:
     def from_row(cls, row: Mapping[str, Any], prefix: str = "") -> "Hyperparams":
         """The hyperparameters recorded in a trace row (``epochs`` columns, or ``runs``' ``init_*`` with
         ``prefix="init_"``); absent knobs take their defaults."""
-        defaults = {"weight_decay": 0.0, "dropout": 0.0, "aux_loss_weight": None}
+        defaults = {"weight_decay": 0.0, "dropout": 0.0}
         vals = {k: row.get(prefix + k, defaults.get(k)) for k in KNOBS}
         for k in ("weight_decay", "dropout"):
             if vals[k] is None:

@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Callable
 
-from .hparams import Hyperparams
+from .hparams import RL_KNOBS, Hyperparams, run_knobs
 
 #: Multipliers and steps of the discrete actions. Exposed so docs, prompts and tests share one source.
 LR_FACTOR = 2.0
@@ -30,6 +30,10 @@ WD_FLOOR = 5e-4  # weight_decay_up from zero sets this value
 DROPOUT_STEP = 0.1
 DROPOUT_MAX = 0.5
 AUX_FACTOR = 4.0
+ENT_FACTOR = 4.0
+ENT_FLOOR = 1e-3  # ent_coef_up from zero sets this value
+NOISE_STEP = 0.5  # log-std shift of noise_up / noise_down (x1.65 / /1.65 on the action noise's standard deviation)
+CLIP_FACTOR = 2.0
 
 
 def _wd_down(hp: Hyperparams) -> Hyperparams:
@@ -40,6 +44,31 @@ def _wd_down(hp: Hyperparams) -> Hyperparams:
 def _aux(factor: float) -> Callable[[Hyperparams], Hyperparams]:
     def effect(hp: Hyperparams) -> Hyperparams:
         return hp if hp.aux_loss_weight is None else hp.with_(aux_loss_weight=hp.aux_loss_weight * factor)
+    return effect
+
+
+def _ent(up: bool) -> Callable[[Hyperparams], Hyperparams]:
+    def effect(hp: Hyperparams) -> Hyperparams:
+        if hp.ent_coef is None:
+            return hp
+        if up:
+            return hp.with_(ent_coef=hp.ent_coef * ENT_FACTOR if hp.ent_coef > 0 else ENT_FLOOR)
+        e = hp.ent_coef / ENT_FACTOR
+        return hp.with_(ent_coef=0.0 if e < ENT_FLOOR else e)
+    return effect
+
+
+def _shift(knob: str, step: float) -> Callable[[Hyperparams], Hyperparams]:
+    def effect(hp: Hyperparams) -> Hyperparams:
+        v = getattr(hp, knob)
+        return hp if v is None else hp.with_(**{knob: round(v + step, 6)})
+    return effect
+
+
+def _scale(knob: str, factor: float) -> Callable[[Hyperparams], Hyperparams]:
+    def effect(hp: Hyperparams) -> Hyperparams:
+        v = getattr(hp, knob)
+        return hp if v is None else hp.with_(**{knob: v * factor})
     return effect
 
 
@@ -58,7 +87,7 @@ class Action:
     effect: Callable[[Hyperparams], Hyperparams] | None
     meaning: str
     min_losses: int = 1
-    recorded: str = ""
+    recorded: str = ""  # "all", "multi" (multi-loss runs), "rl" (reinforcement-learning runs) or ""
 
     @property
     def is_set(self) -> bool:
@@ -85,12 +114,27 @@ _TABLE = (
            f"multiply the auxiliary loss weight by {AUX_FACTOR:g}", min_losses=2, recorded="multi"),
     Action("aux_weight_down", "aux_loss_weight", _aux(1 / AUX_FACTOR),
            f"divide the auxiliary loss weight by {AUX_FACTOR:g}", min_losses=2, recorded="multi"),
+    Action("ent_coef_up", "ent_coef", _ent(True),
+           f"multiply the entropy bonus coefficient by {ENT_FACTOR:g} (or start it): more exploration", recorded="rl"),
+    Action("ent_coef_down", "ent_coef", _ent(False),
+           f"divide the entropy bonus coefficient by {ENT_FACTOR:g}: less exploration"),
+    Action("noise_up", "log_std", _shift("log_std", NOISE_STEP),
+           f"raise the log-std of the action noise by {NOISE_STEP:g}: wider exploration", recorded="rl"),
+    Action("noise_down", "log_std", _shift("log_std", -NOISE_STEP),
+           f"lower the log-std of the action noise by {NOISE_STEP:g}: narrower, safer exploration", recorded="rl"),
+    Action("clip_range_up", "clip_range", _scale("clip_range", CLIP_FACTOR),
+           f"multiply PPO's clip range by {CLIP_FACTOR:g}: larger policy updates"),
+    Action("clip_range_down", "clip_range", _scale("clip_range", 1 / CLIP_FACTOR),
+           f"divide PPO's clip range by {CLIP_FACTOR:g}: smaller, more conservative policy updates"),
     Action("stop", None, lambda hp: hp, "end training now", recorded="all"),
     Action("set_lr", "lr", None, "set the learning rate to the given value"),
     Action("set_weight_decay", "weight_decay", None, "set weight decay to the given value"),
     Action("set_dropout", "dropout", None, "set dropout to the given value"),
     Action("set_aux_loss_weight", "aux_loss_weight", None, "set the auxiliary loss weight to the given value",
            min_losses=2),
+    Action("set_ent_coef", "ent_coef", None, "set the entropy bonus coefficient to the given value"),
+    Action("set_log_std", "log_std", None, "set the log-std of the action noise to the given value"),
+    Action("set_clip_range", "clip_range", None, "set PPO's clip range to the given value"),
 )
 
 #: The action table, by name, in menu order.
@@ -102,10 +146,14 @@ SET_ACTIONS = {a.name: a.knob for a in _TABLE if a.is_set}
 ALL_ACTIONS = ACTIONS + tuple(SET_ACTIONS)
 
 
-def record_menu(losses: int = 1) -> tuple[str, ...]:
+def record_menu(losses: int = 1, rl: bool = False) -> tuple[str, ...]:
     """The actions the recorder trains at every decision epoch (the do-nothing path is the run itself); ``stop``
-    comes last."""
-    acts = [a.name for a in _TABLE if a.recorded == "all" or (a.recorded == "multi" and losses >= 2)]
+    comes last. A reinforcement-learning run (``rl``) records the LR and exploration actions (``recorded="rl"``)
+    instead of weight decay and dropout."""
+    if rl:
+        acts = [a.name for a in _TABLE if a.recorded == "rl" or (a.recorded == "all" and a.knob in (None,) + RL_KNOBS)]
+    else:
+        acts = [a.name for a in _TABLE if a.recorded == "all" or (a.recorded == "multi" and losses >= 2)]
     acts.remove("stop")
     return tuple(acts) + ("stop",)
 
@@ -125,11 +173,12 @@ def apply_action(hp: Hyperparams, action: str) -> Hyperparams:
 def changing_actions(hp: Hyperparams, losses: int, candidates: tuple[str, ...] = ACTIONS) -> tuple[str, ...]:
     """The actions of ``candidates`` that would change something for a run with ``hp`` and ``losses`` losses."""
     out = []
+    knobs = run_knobs(hp)
     for name in candidates:
         a = ACTION_TABLE[name]
         if a.knob is None:
             out.append(name)
-        elif losses < a.min_losses:
+        elif losses < a.min_losses or a.knob not in knobs:
             continue
         elif apply_action(hp, name) != hp:
             out.append(name)

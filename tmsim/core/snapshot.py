@@ -36,6 +36,9 @@ OVERFIT_GAP = 0.25        # val_loss at least 25% above train_loss ...
 OVERFIT_RISE = 0.05       # ... and val_loss 5% above its best, or rising while train falls
 DIVERGE_RISE = 0.5        # val_loss 50% above its best, or a non-finite loss
 PLATEAU_SLOPE = 0.01      # |slope of log val_loss| under 1% an epoch
+COLLAPSE_LOG_STD = -1.6   # RL: action noise below std 0.2 (of an action range scaled to [-1, 1]) ...
+COLLAPSE_SLOPE = -0.02    # ... while the return shortfall falls by less than 2% an epoch: exploration collapse
+UNSAFE_COST = 0.8         # RL: the training episodes' safety cost above 80% of its budget
 
 
 class EpochView(NamedTuple):
@@ -53,6 +56,20 @@ class EpochView(NamedTuple):
     weight_decay: float | None = None
     dropout: float | None = None
     aux_loss_weight: float | None = None
+    # reinforcement-learning runs only (None elsewhere): the exploration knobs in force and PPO's telemetry
+    ent_coef: float | None = None
+    log_std: float | None = None
+    clip_range: float | None = None
+    ep_return: float | None = None          # mean return of the epoch's training episodes (exploring)
+    ep_return_std: float | None = None
+    ep_len: float | None = None
+    val_return: float | None = None         # mean return of the deterministic policy on the validation episodes
+    entropy: float | None = None            # mean policy entropy at the epoch's last update
+    approx_kl: float | None = None
+    clip_fraction: float | None = None
+    explained_variance: float | None = None
+    safety_cost: float | None = None        # mean per-episode safety cost of the training episodes
+    safety_budget: float | None = None      # the budget it must stay under
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> "EpochView":
@@ -61,6 +78,9 @@ class EpochView(NamedTuple):
 
 
 _VIEW_FIELDS = EpochView._fields
+#: The fields of a supervised run's view; the RL fields enter a snapshot's hash only where a run has them, so a
+#: supervised snapshot hashes as it always did.
+_SL_FIELDS = EpochView._fields.index("ent_coef")
 _VIEW_DEFAULTS = tuple((k, EpochView._field_defaults.get(k)) for k in _VIEW_FIELDS)
 
 
@@ -88,6 +108,9 @@ class Signals(NamedTuple):
     overfitting: bool
     diverging: bool
     plateau: bool
+    cost_ratio: float | None = None   # RL: safety cost / budget at the last epoch
+    collapse: bool = False            # RL: exploration collapse (see COLLAPSE_*)
+    unsafe: bool = False              # RL: unsafe exploration (cost ratio above UNSAFE_COST)
 
 
 def _finite(x: float | None) -> bool:
@@ -136,10 +159,19 @@ def compute_signals(history: tuple[EpochView, ...], window: int = WINDOW) -> Sig
         not diverging and not overfitting and val_slope is not None and abs(val_slope) < PLATEAU_SLOPE
         and (train_slope is None or train_slope > -PLATEAU_SLOPE)
     )
+    rl = {}
+    if last.log_std is not None or last.ent_coef is not None:
+        # an RL run: the loss is a return shortfall, so a train/val gap says nothing of overfitting
+        overfitting = False
+        cost_ratio = (last.safety_cost / last.safety_budget if _finite(last.safety_cost) and _finite(last.safety_budget)
+                      and last.safety_budget > 0 else None)
+        collapse = (not diverging and last.log_std is not None and last.log_std < COLLAPSE_LOG_STD
+                    and (val_slope is None or val_slope > COLLAPSE_SLOPE))
+        rl = {"cost_ratio": cost_ratio, "collapse": collapse, "unsafe": cost_ratio is not None and cost_ratio > UNSAFE_COST}
     return Signals(
         gap=gap, gap_trend=gap_trend, train_slope=train_slope, val_slope=val_slope, best_val_loss=best,
         best_epoch=best_epoch, epochs_since_best=(last.epoch - best_epoch) if best_epoch is not None else None,
-        val_rise=val_rise, progress=progress, overfitting=overfitting, diverging=diverging, plateau=plateau,
+        val_rise=val_rise, progress=progress, overfitting=overfitting, diverging=diverging, plateau=plateau, **rl,
     )
 
 
@@ -214,9 +246,11 @@ class Snapshot:
     def hash(self) -> str:
         """A short, stable hash of the snapshot's content (for the audit trail); computed once per snapshot."""
         hp = self.hparams
-        parts = (self.run_id, self.task, self.epoch, self.max_epochs, self.decide_every,
-                 (hp.lr, hp.weight_decay, hp.dropout, hp.aux_loss_weight),
-                 [tuple(getattr(h, f) for f in _VIEW_FIELDS) for h in self.history],
+        knobs = (hp.lr, hp.weight_decay, hp.dropout, hp.aux_loss_weight)
+        if hp.ent_coef is not None or hp.log_std is not None or hp.clip_range is not None:
+            knobs += (hp.ent_coef, hp.log_std, hp.clip_range)
+        parts = (self.run_id, self.task, self.epoch, self.max_epochs, self.decide_every, knobs,
+                 [tuple(h) if any(x is not None for x in h[_SL_FIELDS:]) else tuple(h[:_SL_FIELDS]) for h in self.history],
                  [(d.epoch, d.action, d.val_change) for d in self.decisions],
                  self.interventions_left, self.losses, list(self.offered))
         return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
@@ -224,6 +258,8 @@ class Snapshot:
     def to_text(self, window: int = WINDOW) -> str:
         """A compact table for prompts: the last ``window`` epochs, the hyperparameters, signals, options."""
         hp = self.hparams
+        if hp.ent_coef is not None or hp.log_std is not None:
+            return self._rl_text(window)
         knobs = f"lr={hp.lr:.4g} weight_decay={hp.weight_decay:.4g} dropout={hp.dropout:.2g}"
         if hp.aux_loss_weight is not None:
             knobs += f" aux_loss_weight={hp.aux_loss_weight:.4g}"
@@ -245,6 +281,36 @@ class Snapshot:
         )
         if self.decisions:
             past = "; ".join(f"epoch {d.epoch} {d.action} -> val {_pct(d.val_change)}" for d in self.decisions)
+            lines.append(f"past decisions: {past}")
+        if self.offered:
+            lines.append(f"allowed actions: {', '.join(self.offered)}")
+        return "\n".join(lines)
+
+
+    def _rl_text(self, window: int) -> str:
+        """``to_text`` for a reinforcement-learning run: returns (higher is better), exploration and safety."""
+        hp = self.hparams
+        knobs = " ".join(f"{k}={getattr(hp, k):.4g}" for k in ("lr", "ent_coef", "log_std", "clip_range")
+                         if getattr(hp, k) is not None)
+        left = "unlimited" if self.interventions_left is None else str(self.interventions_left)
+        lines = [
+            f"task {self.task} (reinforcement learning, PPO) | evaluation {self.epoch}/{self.max_epochs} | decisions "
+            f"every {self.decide_every} evaluations | interventions left {left}",
+            f"hyperparameters: {knobs}",
+            "epoch  train_return  eval_return  entropy  approx_kl  clip_frac  expl_var  safety_cost/budget",
+        ]
+        for h in self.history[-window:]:
+            cost = "-" if h.safety_cost is None else f"{h.safety_cost:.3g}/{_f(h.safety_budget, 0).strip()}"
+            lines.append(" ".join([f"{h.epoch:5d}", _f(h.ep_return, 13), _f(h.val_return, 12), _f(h.entropy, 8),
+                                   _f(h.approx_kl, 10), _f(h.clip_fraction, 10), _f(h.explained_variance, 9),
+                                   cost.rjust(19)]))
+        s = self.signals
+        flags = [n for n, on in (("exploration collapse", s.collapse), ("unsafe exploration", s.unsafe),
+                                 ("diverging", s.diverging), ("plateau", s.plateau)) if on] or ["none"]
+        lines.append(f"signals: eval return shortfall slope {_pct(s.val_slope)}/evaluation, safety cost "
+                     f"{'n/a' if s.cost_ratio is None else format(s.cost_ratio, '.0%')} of its budget; flags: {', '.join(flags)}")
+        if self.decisions:
+            past = "; ".join(f"evaluation {d.epoch} {d.action} -> shortfall {_pct(d.val_change)}" for d in self.decisions)
             lines.append(f"past decisions: {past}")
         if self.offered:
             lines.append(f"allowed actions: {', '.join(self.offered)}")

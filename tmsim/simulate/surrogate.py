@@ -30,12 +30,14 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..core.hparams import KNOB_SCALE, KNOBS, Hyperparams
+from ..core.hparams import KNOB_SCALE, RL_KNOBS, SUPERVISED_KNOBS, Hyperparams
 
 WINDOW = 5
 STATE_NAMES = ["frac_epoch", "log_val_over_init", "log_train_over_init", "log_val_over_best", "log_gap",
                "val_slope", "train_slope", "val_rough", "frac_since_best",
                "log_lr_over_init", "log_wd", "dropout", "log_aux", "log_update_ratio", "log_decay", "opt_adaptive", "opt_momentum"]
+# the role slots (``knob_slots``): for an RL run, log_wd/dlog_wd hold ent_coef, dropout/d_dropout log_std and
+# log_aux/dlog_aux clip_range
 ACTION_NAMES = ["dlog_lr", "dlog_wd", "d_dropout", "dlog_aux"]
 HORIZON_NAMES = ["k_seg", "frac_after"]
 FEATURES = STATE_NAMES + ACTION_NAMES + HORIZON_NAMES
@@ -185,10 +187,16 @@ def state_features(hist: list[dict], hp: Hyperparams, ctx: RunContext) -> list[f
     return [
         d / E, _log(vd / v0), _log(td / t0), _log(vd / best), _log(vd / td),
         vslope * ctx.decide_every, tslope * ctx.decide_every, vrough, (d - best_epoch) / E,
-        _log(hp.lr / hp_init.lr), math.log10(hp.weight_decay + _WD_EPS), hp.dropout,
-        _log(hp.aux_loss_weight) if hp.aux_loss_weight is not None else 0.0,
+        _log(hp.lr / hp_init.lr), *_state_knobs(hp),
         _update_ratio(hist, hp.lr), ctx.decay_per_epoch(hp), ctx.adaptive, ctx.momentum,
     ]
+
+
+def _state_knobs(hp: Hyperparams) -> list[float]:
+    """The knobs in force beyond the LR, by role slot (``knob_slots``): a regulariser on a log10 scale, a noise as it
+    is, a secondary weight on a log scale (0 where absent)."""
+    _, reg, noise, second = (getattr(hp, k) for k in knob_slots(hp))
+    return [math.log10((reg or 0.0) + _WD_EPS), noise or 0.0, _log(second) if second is not None else 0.0]
 
 
 def horizon_features(d: int, k: int, ctx: RunContext) -> list[float]:
@@ -205,9 +213,20 @@ def _knob_change(scale: str, old: float | None, new: float | None) -> float:
     return new - old
 
 
+#: The knobs of a run by role: the step size, a regulariser, a noise, a secondary weight. A supervised run's are
+#: (lr, weight_decay, dropout, aux_loss_weight); an RL run's (lr, ent_coef, log_std, clip_range), whose scales are the
+#: same (log, log10, linear, log). A run has one kind or the other, never both, so one set of four slots serves both.
+_ROLES = {False: SUPERVISED_KNOBS, True: RL_KNOBS}
+
+
+def knob_slots(hp: Hyperparams) -> tuple[str, ...]:
+    """The four knobs that fill the role slots for a run with ``hp``."""
+    return _ROLES[hp.ent_coef is not None or hp.log_std is not None]
+
+
 def action_features(old: Hyperparams, new: Hyperparams) -> list[float]:
-    """The action as the change of every knob on its own scale, in ``KNOBS`` order."""
-    return [_knob_change(KNOB_SCALE[k], getattr(old, k), getattr(new, k)) for k in KNOBS]
+    """The action as the change of every knob on its own scale, one feature per role slot (``knob_slots``)."""
+    return [_knob_change(KNOB_SCALE[k], getattr(old, k), getattr(new, k)) for k in knob_slots(old)]
 
 
 @dataclass

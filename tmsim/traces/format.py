@@ -1,6 +1,8 @@
 """Trace format v2: Parquet tables ``runs``, ``epochs`` and ``decisions``, hive-partitioned by task.
 
-Version 2 adds the ``replicate`` of every run (the same tree re-trained with other post-fork noise), the run's
+Version 3 adds reinforcement-learning runs: the exploration knobs (``ent_coef``, ``log_std``, ``clip_range`` and their
+``init_*`` values) and PPO's telemetry per epoch (training and evaluation returns, entropy, approximate KL, clip
+fraction, explained variance, safety cost and budget); version-2 files read them as null. Version 2 adds the ``replicate`` of every run (the same tree re-trained with other post-fork noise), the run's
 ``optimizer`` and its settings, and the optimizer ``step`` of every epoch row and decision; recorded files also carry
 their provenance (``tmsim.provenance``: torch build, CPU capability, threads, numpy and its BLAS). Version-1 files
 are still read: as replicate 0, with the optimizer and steps null.
@@ -35,9 +37,9 @@ import pyarrow.parquet as pq
 
 from ..core.hparams import KNOBS
 
-SCHEMA_VERSION = "2"
-#: Versions this reader accepts; an older file is read with the columns added since filled in (``V2_ADDED``).
-READABLE_VERSIONS = ("1", "2")
+SCHEMA_VERSION = "3"
+#: Versions this reader accepts; an older file is read with the columns added since filled in (``ADDED``).
+READABLE_VERSIONS = ("1", "2", "3")
 TABLES = ("runs", "epochs", "decisions")
 
 RUNS = pa.schema(
@@ -86,10 +88,16 @@ EPOCHS = pa.schema(
         ("step", pa.int64()),
         ("step_time_s", pa.float64()),
         ("wall_time_s", pa.float64()),
+        *[(c, pa.float64()) for c in ("ep_return", "ep_return_std", "ep_len", "val_return", "test_return", "entropy",
+                                      "approx_kl", "clip_fraction", "explained_variance", "safety_cost", "safety_budget")],
         ("diverged", pa.bool_()),
         ("source", pa.string()),
     ]
 )
+
+#: The per-epoch telemetry columns of reinforcement-learning runs (null for supervised runs).
+RL_COLUMNS = ("ep_return", "ep_return_std", "ep_len", "val_return", "test_return", "entropy", "approx_kl", "clip_fraction",
+              "explained_variance", "safety_cost", "safety_budget")
 
 DECISIONS = pa.schema(
     [
@@ -112,10 +120,25 @@ DECISIONS = pa.schema(
 )
 
 SCHEMAS = {"runs": RUNS, "epochs": EPOCHS, "decisions": DECISIONS}
-#: Columns added in version 2 and the value a version-1 file reads as: one replicate per tree (0), the optimizer
-#: not recorded (null), the optimizer step not recorded (null).
-V2_ADDED = {"runs": {"replicate": 0, "optimizer": None, "optimizer_json": None},
-            "epochs": {"step": None}, "decisions": {"step": None}}
+#: Columns added by each version and the value an older file reads them as. Version 2: one replicate per tree (0),
+#: the optimizer not recorded (null), the optimizer step not recorded (null). Version 3: no exploration knobs and no
+#: RL telemetry (null).
+_RL_KNOBS = ("ent_coef", "log_std", "clip_range")
+ADDED = {
+    "2": {"runs": {"replicate": 0, "optimizer": None, "optimizer_json": None},
+          "epochs": {"step": None}, "decisions": {"step": None}},
+    "3": {"runs": {f"init_{k}": None for k in _RL_KNOBS},
+          "epochs": {**{k: None for k in _RL_KNOBS}, **{c: None for c in RL_COLUMNS}}, "decisions": {}},
+}
+
+
+def added_since(version: str, kind: str) -> dict:
+    """The columns of ``kind`` a file of ``version`` lacks, with the value each reads as."""
+    out: dict = {}
+    for v, tables in ADDED.items():
+        if int(v) > int(version):
+            out.update(tables[kind])
+    return out
 
 #: Columns that must never be null, per table.
 REQUIRED = {
@@ -133,8 +156,10 @@ FINITE = {
 #: cross-entropies and squared errors, so never negative; accuracies are fractions.
 RANGES = {
     "runs": {"depth": (0, None), "branch_epoch": (0, None), "replicate": (0, None), "max_epochs": (1, None), "decide_every": (1, None),
-             "end_epoch": (0, None), **{f"init_{k}": (0, 1 if k == "dropout" else None) for k in KNOBS}},
-    "epochs": {"epoch": (0, None), **{k: (0, 1 if k == "dropout" else None) for k in KNOBS},
+             "end_epoch": (0, None), **{f"init_{k}": (0, 1 if k == "dropout" else None) for k in KNOBS if k != "log_std"}},
+    "epochs": {"epoch": (0, None), **{k: (0, 1 if k == "dropout" else None) for k in KNOBS if k != "log_std"},
+               "ep_len": (0, None), "approx_kl": (0, None), "clip_fraction": (0, 1),
+               "safety_cost": (0, None), "safety_budget": (0, None),
                **{f"{s}_loss": (0, None) for s in ("train", "val", "test")},
                **{f"{s}_acc": (0, 1) for s in ("train", "val", "test")},
                "grad_norm": (0, None), "update_ratio": (0, None), "samples_seen": (0, None), "step": (0, None)},
@@ -225,7 +250,7 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
     if md.get("tmsim.table") != kind:
         raise TraceError(f"{path}: field 'tmsim.table' is {md.get('tmsim.table')!r}, expected {kind!r}")
     schema = SCHEMAS[kind]
-    added = V2_ADDED[kind] if version == "1" else {}
+    added = added_since(version, kind)
     for f in schema:
         idx = have.get_field_index(f.name)
         if idx < 0 and f.name in added:
@@ -238,7 +263,7 @@ def read_table(path: str | os.PathLike, kind: str) -> pa.Table:
         table = pf.read(columns=[n for n in schema.names if have.get_field_index(n) >= 0])
     except Exception as exc:
         raise TraceError(f"{path}: data cannot be decoded ({type(exc).__name__}: {_one_line(exc)})") from None
-    if added:  # a version-1 file: the columns added since, with the values they stand for
+    if added:  # an older file: the columns added since, with the values they stand for
         n = table.num_rows
         cols = [table.column(f.name) if f.name not in added else pa.array([added[f.name]] * n, f.type) for f in schema]
         table = pa.Table.from_arrays(cols, schema=schema)
