@@ -77,7 +77,7 @@ from .core.menu import apply_action, changing_actions, record_menu
 from .core.outcome import is_diverged
 from .tasks import TASKS, get_task
 from .tasks.base import TorchTask, TrainState
-from .traces.format import EPOCHS, RUNS, TraceError, dumps, file_metadata, read_table, write_table
+from .traces.format import EPOCHS, RL_COLUMNS, RUNS, TraceError, dumps, file_metadata, read_table, write_table
 
 RECORDER_VERSION = f"tmsim-{__version__}/trace-v2"
 
@@ -113,7 +113,7 @@ class TreeSpec:
     def resolved(self) -> "TreeSpec":
         task = get_task(self.task)
         sc = task.scenario(self.scenario)
-        menu = self.menu or record_menu(len(task.losses))
+        menu = self.menu or (task.record_menu() if hasattr(task, "record_menu") else record_menu(len(task.losses)))
         return TreeSpec(self.task, self.scenario, self.seed, self.depth, self.decide_every or sc.decide_every, self.budget,
                         tuple(menu), self.replicates, self.first_replicate)
 
@@ -281,7 +281,9 @@ def _train_epochs(task, spec, state, until: int, initial_val: float, cols: "_Col
         tr = task.train_epoch(state)
         ev = task.evaluate(state)
         wall = time.perf_counter() - t0
-        diverged = is_diverged(ev["val_loss"], initial_val, ev["train_loss"], tr["grad_norm"])
+        # an RL task's safety monitor stops a run whose exploration breaks its safety budget, as a divergence
+        diverged = (is_diverged(ev["val_loss"], initial_val, ev["train_loss"], tr["grad_norm"])
+                    or bool(getattr(task, "breach", lambda _: False)(tr)))
         _epoch_row(cols, spec, branch, state, ev, tr, wall, diverged, replicate)
         progress("epochs", 1)
         if diverged:
@@ -296,6 +298,7 @@ def _epoch_row(cols: _Columns, spec: TreeSpec, branch: Branch, state: TrainState
     cols.add(
         run_id=run_id(spec, branch, replicate), task=spec.task, epoch=state.epoch,
         **{k: getattr(hp, k) for k in KNOBS},
+        **{k: _finite_or_none(tr.get(k)) for k in RL_COLUMNS if k not in ev},
         **{k: _finite_or_none(v) for k, v in ev.items()},
         grad_norm=_finite_or_none(tr.get("grad_norm")), update_ratio=_finite_or_none(tr.get("update_ratio")),
         samples_seen=state.samples_seen, step=state.steps, step_time_s=tr.get("step_time_s"), wall_time_s=wall,
