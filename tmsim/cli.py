@@ -287,21 +287,32 @@ def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: floa
     return result
 
 
+def _suite_path(suite, p: str) -> Path:
+    """A path a suite names: relative to the current directory, else to the repository the suite file lies in."""
+    from .core.config import repo_root
+
+    base = (repo_root(suite.path.resolve().parent) if suite.path else None) or REPO
+    here = Path(p)
+    if not here.exists() and (base / p).exists():
+        here = base / p
+    return here
+
+
 def _suite_policies(suite) -> list[str]:
     """The policies a suite names (each relative to the current directory, else to the suite's repository), or the
     bundled ``policies/`` when it names none."""
     if not suite.policies:
         return [str(DEFAULT_POLICIES)]
-    from .core.config import repo_root
+    return [str(_suite_path(suite, p)) for p in suite.policies]
 
-    base = (repo_root(suite.path.resolve().parent) if suite.path else None) or REPO
-    out = []
-    for p in suite.policies:
-        here = Path(p)
-        if not here.exists() and (base / p).exists():
-            here = base / p
-        out.append(str(here))
-    return out
+
+def _suite_traces(suite, args: argparse.Namespace) -> Path:
+    """``--traces`` (or $TMSIM_TRACES) when given, else the library the suite names, else the bundled one."""
+    import os
+
+    if args.traces_given or os.environ.get("TMSIM_TRACES") or not suite.traces:
+        return args.traces
+    return _suite_path(suite, suite.traces)
 
 
 def _cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -311,7 +322,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     specs = [s for arg in (args.policies or _suite_policies(suite)) for s in find_specs(arg)]
-    lib = _load_lib(args.traces)
+    lib = _load_lib(_suite_traces(suite, args))
     result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout, args.surrogate, args.hide_trees,
                           rank_by="best" if args.restore_best else "final", pareto=args.rank_by == "pareto",
                           include_train=args.include_train, skip_missing=True,
@@ -361,7 +372,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
     from .simulate.surrogate import digest_path
 
     suite = load_suite(args.suite)
-    lib = _load_lib(args.traces)
+    lib = _load_lib(_suite_traces(suite, args))
     result = _leaderboard(lib, [spec], suite, args.quiet)
     score = next(s for s in result.scores if s.policy == spec.name)
     if getattr(score, "failed", None):

@@ -83,6 +83,9 @@ class Suite(BaseModel):
     #: policy spec files or directories the suite is scored with when a command names none (relative to the
     #: directory the command runs in, else to the repository the suite file lies in)
     policies: list[str] = Field(default_factory=list)
+    #: the trace library the suite's roots come from, when not the bundled one (resolved as ``policies``; a command's
+    #: ``--traces`` overrides it)
+    traces: str | None = None
     bounds: Bounds = Field(default_factory=Bounds)
     gate: Gate = Field(default_factory=Gate)
     path: Path | None = None

@@ -15,6 +15,8 @@ Plain PyTorch::
             if mgr.should_stop: break
 
 Hugging Face: ``trainer.add_callback(TMSimCallback(mgr))`` (``tmsim.live.hf``; see ``examples/``).
+stable-baselines3: ``agent.learn(..., callback=TMSimSB3Callback(mgr, eval_env))`` (``tmsim.live.sb3``): decisions at
+evaluations every few rollouts, exploration knobs turned on the running agent, the safety budget enforced.
 
 - **It reads what it steers.** The LR (the scheduler's base, else the first group's), weight decay (the largest of
   the param groups') and dropout (the largest ``nn.Dropout.p`` or ``attention_dropout``) are read from the attached
@@ -31,7 +33,8 @@ Hugging Face: ``trainer.add_callback(TMSimCallback(mgr))`` (``tmsim.live.hf``; s
   worker; validation, the no-target check, applying and the audit row run under one more guard, and the policy's
   name and version are read once, under a guard, at construction.
 - **Safety.** The validator of the simulator judges every proposal. The recorder's divergence rule (a non-finite
-  loss, or val loss above 3x the initial one) and non-finite parameters stop the run.
+  loss, or val loss above 3x the initial one), non-finite parameters and, for RL runs, a safety cost over its budget
+  stop the run.
 - **Promotion and scope.** The manager builds the policy from its spec itself after the spec's promotion record
   checks, runs it under the bounds of the suite it was promoted on, and refuses a run outside the record's scope
   (task, scenario family, decision cadence, run length) unless ``out_of_scope`` gives a reason, which the trace keeps.
@@ -64,7 +67,7 @@ from ..core.menu import ACTION_TABLE
 from ..core.names import safe_filename, safe_name
 from ..core.outcome import is_diverged
 from ..core.snapshot import Snapshot
-from ..traces.format import DECISIONS, EPOCHS, RUNS, dumps, write_table
+from ..traces.format import DECISIONS, EPOCHS, RL_COLUMNS, RUNS, dumps, write_table
 from ..tasks import actuators
 
 log = logging.getLogger("tmsim.live")
@@ -116,7 +119,7 @@ class LiveManager:
         self.hparams = hparams
         self.hp_init: Hyperparams | None = None
         self.max_epochs, self.decide_every = int(max_epochs), int(decide_every)
-        self.optimizer = self.scheduler = self.model = None
+        self.optimizer = self.scheduler = self.model = self.agent = None
         self.loss_weight_setter = loss_weight_setter
         self.stale_steps, self.timeout, self.close_timeout = stale_steps, timeout, close_timeout
         self.task, self.scenario, self.seed = task, scenario, seed
@@ -227,13 +230,17 @@ class LiveManager:
         return f"OUTSIDE the promoted scope (override: {str(out_of_scope)[:500]}): " + "; ".join(why)
 
     # --- what is steered -----------------------------------------------------------------------------------------
-    def attach(self, *, optimizer=None, scheduler=None, model=None) -> None:
+    def attach(self, *, optimizer=None, scheduler=None, model=None, agent=None) -> None:
         """Attach the objects the manager steers (those given), check the scheduler, and read the knobs they hold.
-        Raises ``actuators.UnsupportedScheduler`` for a scheduler whose state an LR change cannot be kept in."""
+        ``agent`` is a stable-baselines3 on-policy algorithm (PPO, A2C): its LR, entropy coefficient, clip range and
+        action-noise log-std are the knobs (``tmsim.tasks.rl.read_agent``/``apply_agent``; the SB3 callback in
+        ``tmsim.live.sb3`` attaches it). Raises ``actuators.UnsupportedScheduler`` for a scheduler whose state an LR
+        change cannot be kept in."""
         actuators.check_scheduler(scheduler)
         self.optimizer = optimizer if optimizer is not None else self.optimizer
         self.scheduler = scheduler if scheduler is not None else self.scheduler
         self.model = model if model is not None else self.model
+        self.agent = agent if agent is not None else self.agent
         if self.optimizer is not None and self.scheduler is None and any("initial_lr" in g for g in self.optimizer.param_groups):
             self._warn_once("no-scheduler", "tmsim live: the optimizer's groups carry 'initial_lr', so an LR scheduler "
                             "drives it, but none was attached: it may undo LR changes; pass scheduler=")
@@ -249,6 +256,10 @@ class LiveManager:
     def _read(self) -> Hyperparams:
         """The knobs in force: read from the attached objects, the rest from ``hparams``."""
         base = self.hparams or Hyperparams(lr=float("nan"))
+        if self.agent is not None:
+            from ..tasks.rl import read_agent
+
+            return base.with_(**read_agent(self.agent))
         read = actuators.read_knobs(self.optimizer, self.scheduler, self.model)
         return base.with_(**read)
 
@@ -256,6 +267,10 @@ class LiveManager:
         """The knobs an action can turn now: an optimizer for ``lr`` (and ``weight_decay`` where a group decays or
         can), dropout modules for ``dropout``, a setter for ``aux_loss_weight``."""
         out = set()
+        if self.agent is not None:
+            from ..tasks.rl import agent_targets
+
+            return agent_targets(self.agent)
         if self.optimizer is not None:
             out.add("lr")
             if actuators.decay_targets(self.optimizer):
@@ -284,10 +299,11 @@ class LiveManager:
         self.epoch = e
         if step is not None:
             self.step = int(step)
-        if self.hparams is None or (self.optimizer is None and math.isnan(self.hparams.lr)):
+        if self.hparams is None or (self.optimizer is None and self.agent is None and math.isnan(self.hparams.lr)):
             raise ValueError("the live hook knows no LR: attach an optimizer or pass hparams")
         self.hparams = self._read()
-        row = {k: _num(metrics.get(k)) for k in ("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm", "update_ratio")}
+        row = {k: _num(metrics.get(k)) for k in ("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm", "update_ratio",
+                                                 *RL_COLUMNS)}
         row.update(epoch=self.epoch, step=self.step, **self.hparams.to_dict(), wall=time.time())
         if self.hp_init is None:
             self.hp_init = self.hparams
@@ -319,12 +335,17 @@ class LiveManager:
             return True
         if initial is not None and is_diverged(val, initial):
             return True
-        if self.model is not None:
+        cost, budget = _num(metrics.get("safety_cost")), _num(metrics.get("safety_budget"))
+        if cost is not None and budget is not None and cost > budget:
+            log.error("tmsim live: safety cost %.3g over its budget %.3g: the safety monitor stops the run", cost, budget)
+            return True
+        model = self.model if self.model is not None else getattr(self.agent, "policy", None)
+        if model is not None:
             import torch
 
             # One reduction per tensor, one check in all: a NaN or inf anywhere makes its tensor's sum non-finite.
             with torch.no_grad():
-                sums = torch.stack([p.detach().float().sum() for p in self.model.parameters()])
+                sums = torch.stack([p.detach().float().sum() for p in model.parameters()])
                 return not bool(torch.isfinite(sums).all())
         return False
 
@@ -395,6 +416,17 @@ class LiveManager:
             self.should_stop = True
             return {}
         before, new = self._read(), act.hparams
+        if self.agent is not None:
+            from ..tasks.rl import apply_agent
+
+            # relative knobs move by the step the policy chose from what it saw (they may have moved since: the
+            # log-std is learned); absolute ones are set
+            target = new.with_(lr=before.lr * new.lr / seen.lr,
+                               log_std=(before.log_std + new.log_std - seen.log_std
+                                        if None not in (before.log_std, new.log_std, seen.log_std) else new.log_std))
+            apply_agent(self.agent, before, target)
+            self.hparams = after = self._read()
+            return {k: {"before": getattr(before, k), "after": getattr(after, k)} for k in act.changed}
         actuators.apply_knobs(self.optimizer, self.scheduler, self.model, seen, new)
         if "aux_loss_weight" in act.changed:
             self.loss_weight_setter(new.aux_loss_weight)
@@ -503,8 +535,9 @@ class LiveManager:
             run_id=self.run_id, parent_run_id=self.parent_run_id, root_run_id=self.root_run_id, depth=self.depth,
             branch_epoch=self.branch_epoch, branch_action="resume" if self.parent_run_id else None, task=self.task,
             scenario=self.scenario, seed=self.seed,
-            model=type(self.model).__name__ if self.model is not None else None, n_params=None, dataset=None,
-            init_lr=hp.lr, init_weight_decay=hp.weight_decay, init_dropout=hp.dropout, init_aux_loss_weight=hp.aux_loss_weight,
+            model=(type(self.agent.policy).__name__ if self.agent is not None
+                   else type(self.model).__name__ if self.model is not None else None), n_params=None, dataset=None,
+            **{f"init_{k}": getattr(hp, k) for k in KNOBS},
             settings_json=dumps({"mode": self.mode, "stale_steps": self.stale_steps, "promotion": self.promotion,
                                  "scope": self.scope, "policy_process": self.policy_process,
                                  "resumed_from": self.parent_run_id}),
@@ -513,8 +546,8 @@ class LiveManager:
         rows = []
         prev = self.history[self._first_row - 1]["wall"] if self._first_row else None
         for h in self.history[self._first_row:]:
-            rows.append(dict(run_id=self.run_id, task=self.task, epoch=h["epoch"], step=h.get("step"), lr=h["lr"],
-                             weight_decay=h["weight_decay"], dropout=h["dropout"], aux_loss_weight=h["aux_loss_weight"],
+            rows.append(dict(run_id=self.run_id, task=self.task, epoch=h["epoch"], step=h.get("step"),
+                             **{k: h.get(k) for k in KNOBS}, **{c: _finite(h.get(c)) for c in RL_COLUMNS},
                              train_loss=_finite(h["train_loss"]), val_loss=_finite(h["val_loss"]),
                              train_acc=_finite(h["train_acc"]), val_acc=_finite(h["val_acc"]),
                              grad_norm=_finite(h["grad_norm"]), update_ratio=_finite(h["update_ratio"]),

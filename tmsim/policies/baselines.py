@@ -34,6 +34,11 @@ class RulesPolicy:
     3. good enough (``val_acc >= stop_val_acc``, when set, from ``min_stop_epoch``) -> ``stop``;
     4. slow progress (val loss falling less than ``slow_slope`` an epoch, in log terms, and no big gap) -> ``lr_up``;
     5. otherwise ``continue``.
+
+    On a reinforcement-learning run two rules come first: unsafe exploration (the training episodes' safety cost
+    above ``UNSAFE_COST`` of its budget) -> ``noise_down``; exploration collapse (action noise below
+    ``COLLAPSE_LOG_STD`` while the return stalls) -> ``noise_up``. The gap rule does not apply there (the loss is a
+    return shortfall, and the training episodes explore).
     """
 
     gap_threshold: float = 0.5
@@ -47,15 +52,21 @@ class RulesPolicy:
     def decide(self, snapshot: Snapshot) -> Proposal:
         s = snapshot.signals
         last = snapshot.history[-1]
+        if s.unsafe:
+            return Proposal(action="noise_down", reason=f"safety cost at {s.cost_ratio:.0%} of its budget")
+        if s.collapse:
+            return Proposal(action="noise_up", reason=f"action noise log-std {last.log_std:.2f} and the return stalls")
         if s.diverging:
             return Proposal(action="lr_down", reason="diverging")
         rising = (s.val_rise is not None and s.val_rise > 0.02) or (s.val_slope is not None and s.val_slope > 0)
-        if s.gap is not None and s.gap > self.gap_threshold and rising:
+        rl = last.log_std is not None or last.ent_coef is not None
+        gap = None if rl else s.gap
+        if gap is not None and gap > self.gap_threshold and rising:
             return Proposal(action=self.overfit_action, reason=f"train/val gap {s.gap:.2f} and val loss rising")
         if (self.stop_val_acc is not None and last.val_acc is not None and last.val_acc >= self.stop_val_acc
                 and snapshot.epoch >= self.min_stop_epoch):
             return Proposal(action="stop", reason=f"val_acc {last.val_acc:.3f} is good enough")
-        if s.val_slope is not None and s.val_slope > -self.slow_slope and (s.gap is None or s.gap <= self.gap_threshold):
+        if s.val_slope is not None and s.val_slope > -self.slow_slope and (gap is None or gap <= self.gap_threshold):
             return Proposal(action="lr_up", reason=f"slow progress ({s.val_slope * 100:+.2f}%/epoch)")
         return Proposal(action="continue", reason="no rule fired")
 
