@@ -302,6 +302,7 @@ class LeaderboardResult:
     oracle_upper_bound_roots: int = 0  # roots whose trees are full: where the oracle is an upper bound
     oracle_beaten_at: list[str] = field(default_factory=list)  # roots where some policy beat the oracle
     fidelity: dict | None = None  # fidelity measured on this library (``fidelity_summary``), None when not measured
+    rl_tasks: list[str] = field(default_factory=list)  # tasks of these roots that are RL runs (loss = return shortfall)
 
     @property
     def failed(self) -> dict[str, str]:
@@ -534,7 +535,10 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
     result = LeaderboardResult(suite, scores, rollouts, roots, library.digest(), surrogate_id, trees_hidden=not replay,
                                unseen_tasks=unseen, rank_by=rank_by, pareto=pareto, include_train=include_train,
                                skipped=skipped, oracle_upper_bound_roots=len(covered),
-                               oracle_beaten_at=sorted({r for s in scores for r in s.beats_oracle_at}))
+                               oracle_beaten_at=sorted({r for s in scores for r in s.beats_oracle_at}),
+                               rl_tasks=sorted({index.meta[r]["task"] for r in roots
+                                                if index.meta[r]["hp_init"].log_std is not None
+                                                or index.meta[r]["hp_init"].ent_coef is not None}))
     front = result.layers()
     for s in scores:
         s.pareto = front.get(s.policy) == 1
@@ -652,6 +656,7 @@ def format_table(result: LeaderboardResult) -> str:
     for pid, why in result.failed.items():
         lines.append(f"    FAILED {pid}: {why}; its decisions after that fell back to continue, so its row is not a score")
     lines += ["    " + ln for ln in oracle_lines(result)]
+    lines += ["    " + ln for ln in rl_lines(result)]
     lines += _trust_lines(result)
     lines += ["    " + ln for ln in train_lines(result)]
     scen = sorted({sc for s in result.scores for sc in s.per_scenario})
@@ -665,6 +670,16 @@ def format_table(result: LeaderboardResult) -> str:
                          f"{p['best_val_loss_change_pct']:+6.1f}%, {p['epochs_share']:4.0%}" if p else "")
         lines.append(f"{s.policy:<22}" + "".join(f"{c:>34}" for c in cells))
     return "\n".join(lines)
+
+
+def rl_lines(result: LeaderboardResult) -> list[str]:
+    """How an RL root's score reads (the sign): its val loss is the return shortfall."""
+    if not result.rl_tasks:
+        return []
+    return [f"RL roots ({', '.join(result.rl_tasks)}): val loss is the shortfall of the evaluation return from the best "
+            "possible return (here the negated return), so lower is better as everywhere: -20% = a fifth of the gap to a "
+            "perfect return closed, a higher return; unsafe = stopped by the safety budget, a return collapse (shortfall "
+            "above 3x the initial), or ending more than the gate's threshold worse than doing nothing"]
 
 
 def _trust_lines(result: LeaderboardResult) -> list[str]:
@@ -705,7 +720,7 @@ def format_markdown(result: LeaderboardResult) -> str:
              "Regret: median over roots / ratio of sums. ◆: on the loss-compute front; †: beat the oracle on some "
              "root; *: scored on roots it was trained on; ~: more than 20% of its epochs come from the surrogate.",
              *[ln.strip() for ln in _trust_lines(result)], "",
-             *[f"- {ln}" for ln in oracle_lines(result) + train_lines(result)], "",
+             *[f"- {ln}" for ln in oracle_lines(result) + rl_lines(result) + train_lines(result)], "",
              f"| # | policy | {rank} | 95% CI | {'val loss change' if result.rank_by == 'best' else 'best val loss change (restored)'} | "
              "compute (epochs) | epochs saved/run | train s/run | acted on (change there) | regret (median / sums) | "
              "unsafe | violations/100 | fallback | interventions/run | latency p50 / p95 ms | replayed | train overlap | model |",
@@ -764,5 +779,5 @@ def dumps(result: LeaderboardResult) -> str:
             "pareto_ranking": result.pareto, "include_train": result.include_train,
             "oracle_upper_bound_roots": result.oracle_upper_bound_roots, "suite_roots": n_roots(result),
             "oracle_beaten_at": result.oracle_beaten_at, "skipped_policies": result.skipped,
-            "fidelity": result.fidelity}
+            "fidelity": result.fidelity, "rl_tasks": result.rl_tasks}
     return json.dumps([{**row, **meta} for row in json_rows(result)], indent=2)

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .leaderboard import LeaderboardResult, dumps, format_markdown, n_roots, oracle_lines, train_lines
+from .leaderboard import LeaderboardResult, dumps, format_markdown, n_roots, oracle_lines, rl_lines, train_lines
 
 
 def _plt():
@@ -177,7 +177,7 @@ def _html(result: LeaderboardResult, md: str) -> str:
                     f"<td>{s.interventions_per_run:.2f}</td><td>{s.replayed_share:.1%}</td><td>{s.latency_ms_p50:.3f}</td>"
                     f"<td>{s.train_overlap:.0%}</td><td>{html.escape(s.model or '')}</td></tr>")
     rank, other_h = ("best val loss (restored)", "final") if best else ("final val loss", "best (restored)")
-    notes = "".join(f"<li>{html.escape(ln)}</li>" for ln in oracle_lines(result) + train_lines(result))
+    notes = "".join(f"<li>{html.escape(ln)}</li>" for ln in oracle_lines(result) + rl_lines(result) + train_lines(result))
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>tmsim leaderboard: {html.escape(result.suite.name)}</title>
 <style>body{{font-family:sans-serif;max-width:1200px;margin:2em auto;color:#222}}table{{border-collapse:collapse}}
 td,th{{padding:4px 8px;border-bottom:1px solid #ddd;text-align:right}}td:nth-child(2){{text-align:left}}

@@ -31,7 +31,9 @@ from ..core.snapshot import Snapshot
 
 FEATURES = ("epoch_share", "log_lr", "log_wd", "dropout", "log_aux", "losses", "gap", "gap_trend", "train_slope",
             "val_slope", "val_rise", "progress", "epochs_since_best", "overfitting", "diverging", "plateau",
-            "val_vs_first", "train_vs_val", "train_acc", "val_acc", "log_grad_norm", "log_update_ratio", "decisions")
+            "val_vs_first", "train_vs_val", "train_acc", "val_acc", "log_grad_norm", "log_update_ratio", "decisions",
+            # RL runs (NaN / 0 for supervised runs: constant columns no tree splits on)
+            "log_std", "log_ent_coef", "cost_ratio", "collapse", "unsafe")
 
 
 def _num(x) -> float:
@@ -52,7 +54,9 @@ def features(s: Snapshot) -> list[float]:
             float(sig.plateau), _log(last.val_loss / first.val_loss) if last.val_loss and first.val_loss else math.nan,
             _log(last.train_loss / last.val_loss) if last.train_loss and last.val_loss else math.nan,
             _num(last.train_acc), _num(last.val_acc), _log(last.grad_norm), _log(last.update_ratio),
-            float(len(s.decisions))]
+            float(len(s.decisions)),
+            _num(hp.log_std), math.log(hp.ent_coef + 1e-5) if hp.ent_coef is not None else math.nan, _num(sig.cost_ratio),
+            float(sig.collapse), float(sig.unsafe)]
 
 
 class GBMPolicy:

@@ -28,14 +28,24 @@ from ...core.menu import ACTION_TABLE
 SIGNALS = ("Signals: gap = val loss / train loss - 1 (large and growing: overfitting); slopes = change per epoch "
            "(near 0: plateau; val slope > 0: getting worse); val above best = distance from the best val loss.")
 
+RL_SIGNALS = ("Signals: the loss is the shortfall of the evaluation return from a perfect return (lower is better); "
+              "slopes = change per evaluation (near 0: stalled); exploration collapse = action noise very narrow while "
+              "the return stalls; unsafe exploration = the training episodes' safety cost (control effort) near or "
+              "over its budget, where the run is stopped.")
+
 #: epochs of history the manager prompt shows (the signals summarise the longer window)
 WINDOW = 3
 _WINDOWS = {"manager": WINDOW, "compact": 1, "terse": 5}
 
 
-def _bounds_text(lr: float | None, bounds: Bounds) -> str:
-    parts = [f"Limits (changes outside are clipped or refused): lr changes at most {bounds.max_factor:g}x per decision",
-             f"dropout within [{bounds.dropout_min:g}, {bounds.dropout_max:g}]"]
+def _bounds_text(lr: float | None, bounds: Bounds, rl: bool = False) -> str:
+    parts = [f"Limits (changes outside are clipped or refused): lr changes at most {bounds.max_factor:g}x per decision"]
+    if rl:
+        parts += [f"action-noise log-std moves at most {bounds.max_log_std_step:g} per decision, within "
+                  f"[{bounds.log_std_min:g}, {bounds.log_std_max:g}]",
+                  f"entropy coefficient within [{bounds.ent_coef_min:g}, {bounds.ent_coef_max:g}]"]
+    else:
+        parts.append(f"dropout within [{bounds.dropout_min:g}, {bounds.dropout_max:g}]")
     if bounds.max_interventions is not None:
         parts.append(f"at most {bounds.max_interventions} changes per run")
     if lr is not None:
@@ -45,7 +55,7 @@ def _bounds_text(lr: float | None, bounds: Bounds) -> str:
 
 
 def system_prompt(offered: tuple[str, ...], style: str = "manager", reply: str = "action", lr: float | None = None,
-                  bounds: Bounds | None = None) -> str:
+                  bounds: Bounds | None = None, rl: bool = False) -> str:
     offered = tuple(offered) or ("continue",)
     acts = "\n".join(f"- {a}: {ACTION_TABLE[a].meaning if a in ACTION_TABLE else a}" for a in offered)
     if style == "terse":
@@ -60,6 +70,13 @@ def system_prompt(offered: tuple[str, ...], style: str = "manager", reply: str =
                '"reason": one short sentence}.')
     else:
         fmt = "Reply with the name of one action from the list, nothing else."
+    if rl:
+        return ("You manage a reinforcement-learning run (PPO). Read its telemetry and choose the action that gives "
+                "the highest final evaluation return without breaking the safety budget. Change something only when "
+                "the numbers call for it.\n"
+                f"{RL_SIGNALS}\n"
+                f"Actions:\n{acts}\n"
+                f"{_bounds_text(lr, bounds, rl=True)}\n{fmt}")
     return ("You manage a neural network training run. Read its telemetry and choose the action that gives the "
             "lowest final validation loss. Change something only when the numbers call for it.\n"
             f"{SIGNALS}\n"
@@ -69,8 +86,10 @@ def system_prompt(offered: tuple[str, ...], style: str = "manager", reply: str =
 
 def messages(snapshot, style: str = "manager", reply: str = "action", bounds: Bounds | None = None) -> list[dict[str, str]]:
     """The chat messages for one snapshot (see the module docs)."""
-    lr = getattr(getattr(snapshot, "hparams", None), "lr", None)
-    return [{"role": "system", "content": system_prompt(snapshot.offered, style, reply, lr, bounds)},
+    hp = getattr(snapshot, "hparams", None)
+    lr = getattr(hp, "lr", None)
+    rl = getattr(hp, "log_std", None) is not None or getattr(hp, "ent_coef", None) is not None
+    return [{"role": "system", "content": system_prompt(snapshot.offered, style, reply, lr, bounds, rl=rl)},
             {"role": "user", "content": snapshot.to_text(_WINDOWS.get(style, 5))}]
 
 
