@@ -75,7 +75,8 @@ def test_stages_use_the_shared_rules():
     assert tmsim.simulate.simulator.final_val_loss is outcome.final_val_loss
     assert tmsim.traces.index.final_val_loss is outcome.final_val_loss
     assert prompt.ACTION_TABLE is menu.ACTION_TABLE
-    assert tmsim.simulate.surrogate.KNOBS is tmsim.core.hparams.KNOBS
+    assert tmsim.simulate.surrogate.SUPERVISED_KNOBS is tmsim.core.hparams.SUPERVISED_KNOBS
+    assert tmsim.simulate.surrogate.RL_KNOBS is tmsim.core.hparams.RL_KNOBS
 
 
 def test_one_tree_index_and_one_hash_per_file_in_a_leaderboard_run(small_library, tmp_path, monkeypatch):

@@ -32,7 +32,7 @@ from ..core.snapshot import Snapshot
 FEATURES = ("epoch_share", "log_lr", "log_wd", "dropout", "log_aux", "losses", "gap", "gap_trend", "train_slope",
             "val_slope", "val_rise", "progress", "epochs_since_best", "overfitting", "diverging", "plateau",
             "val_vs_first", "train_vs_val", "train_acc", "val_acc", "log_grad_norm", "log_update_ratio", "decisions",
-            # RL runs (NaN / 0 for supervised runs: constant columns no tree splits on)
+            # RL runs (0 or log(1e-5) for supervised runs: constant columns, which no tree splits on)
             "log_std", "log_ent_coef", "cost_ratio", "collapse", "unsafe")
 
 
@@ -55,7 +55,7 @@ def features(s: Snapshot) -> list[float]:
             _log(last.train_loss / last.val_loss) if last.train_loss and last.val_loss else math.nan,
             _num(last.train_acc), _num(last.val_acc), _log(last.grad_norm), _log(last.update_ratio),
             float(len(s.decisions)),
-            _num(hp.log_std), math.log(hp.ent_coef + 1e-5) if hp.ent_coef is not None else math.nan, _num(sig.cost_ratio),
+            hp.log_std or 0.0, math.log((hp.ent_coef or 0.0) + 1e-5), _num(sig.cost_ratio or 0.0),
             float(sig.collapse), float(sig.unsafe)]
 
 
