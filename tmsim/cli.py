@@ -211,6 +211,9 @@ def _cmd_fidelity(args: argparse.Namespace) -> int:
             say(f"model class {m}")
             report["compare"][m] = fidelity.measure(index, replace(cfg, model=m), progress=say)
         print(fidelity.format_comparison(report["compare"]))
+    elif args.branches:
+        report = fidelity.measure_branches(index, cfg, progress=say)
+        print(fidelity.format_branches(report))
     elif args.live:
         report = _live_fidelity(lib, index, say)
         print(_format_live(report))
@@ -645,6 +648,8 @@ def build_parser() -> argparse.ArgumentParser:
     fd.add_argument("--surrogate-seeds", type=int, default=3, help="surrogates per held-out task (seeds 0..N-1)")
     fd.add_argument("--quiet", action="store_true")
     fd.add_argument("--live", action="store_true", help="re-run policies live through the hook and compare with the simulator")
+    fd.add_argument("--branches", action="store_true",
+                    help="branch-level fidelity on held-out seeds (for libraries of sampled trees, e.g. eval/rl/traces)")
     fd.add_argument("--surrogate", type=Path, default=None,
                     help="zero-shot: judge this surrogate file (fitted on another library) on this library's hidden trees")
     fd.set_defaults(func=_cmd_fidelity)

@@ -79,6 +79,10 @@ class GBMPolicy:
         if not train:
             raise ValueError("the training split holds no recorded node with alternatives")
         X = np.array([features(e.snapshot) for e in train], dtype=float)
+        # a feature undefined on every training node (accuracy on regression or RL runs, grad norm on RL runs) is
+        # left out: it says nothing, and scikit-learn's binning cannot take a column without a value
+        self.keep = ~np.isnan(X).all(axis=0)
+        X = X[:, self.keep]
         y = np.array([e.target for e in train])
         w = np.array([e.weight for e in train], dtype=float)
         self.model = HistGradientBoostingClassifier(max_iter=max_iter, learning_rate=learning_rate,
@@ -94,7 +98,7 @@ class GBMPolicy:
     def decide_batch(self, snapshots: list[Snapshot]) -> list[Proposal]:
         if not snapshots:
             return []
-        proba = self.model.predict_proba(np.array([features(s) for s in snapshots], dtype=float))
+        proba = self.model.predict_proba(np.array([features(s) for s in snapshots], dtype=float)[:, self.keep])
         out = []
         for s, p in zip(snapshots, proba):
             offered = set(s.offered) or {"continue"}
