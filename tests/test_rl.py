@@ -284,3 +284,42 @@ def test_the_rl_library_is_complete_and_its_best_branches_beat_doing_nothing_whe
     assert rows[("pendulum-ppo", "unsafe")]["best_over_do_nothing"] < 1.0
     assert rows[("pendulum-ppo", "collapse")]["best_over_do_nothing"] < 1.0
     assert rows[("reacher-ppo", "unsafe")]["diverged_share"] > 0.3 and rows[("pendulum-ppo", "unsafe")]["diverged_share"] > 0.3
+
+
+def test_a_plain_loop_exposes_its_exploration_knobs_through_setters_and_getters(tmp_path):
+    """A hand-written policy-gradient loop: the manager turns the entropy bonus it holds in a variable and the
+    log-std parameter of its Gaussian policy, both through the loop's own functions."""
+    from tmsim.live import LiveManager
+
+    class Wants:
+        policy_id, version = "wants", "1"
+        plan = ["ent_coef_up", "noise_up", "weight_decay_up"]
+
+        def decide(self, snap):
+            return Proposal(action=self.plan[snap.epoch // 2 - 1])
+
+    torch.manual_seed(0)
+    log_std = torch.nn.Parameter(torch.full((2,), -1.0))
+    opt = torch.optim.Adam([log_std], lr=1e-3)
+    knobs = {"ent_coef": 0.0}
+
+    def set_log_std(v):
+        with torch.no_grad():
+            log_std.add_(v - float(log_std.mean()))
+
+    mgr = LiveManager(Wants(), allow_unpromoted=True, max_epochs=8, decide_every=2, mode="sync", task="my-rl-loop",
+                      hparams=Hyperparams(lr=1e-3, ent_coef=0.0, log_std=-1.0, clip_range=0.2), optimizer=opt,
+                      setters={"ent_coef": lambda v: knobs.__setitem__("ent_coef", v), "log_std": set_log_std},
+                      getters={"log_std": lambda: float(log_std.detach().mean())}, record_dir=tmp_path)
+    for e in range(8):
+        with torch.no_grad():
+            log_std.sub_(0.05)  # learning narrows the noise between evaluations
+        mgr.on_epoch_end({"val_loss": 100.0 - e, "train_loss": 120.0 - e, "safety_cost": 0.1, "safety_budget": 0.7})
+    acts = [r["action"] for r in mgr.decision_rows]
+    assert acts[:2] == ["ent_coef_up", "noise_up"] and knobs["ent_coef"] == pytest.approx(1e-3)
+    noise = json.loads(mgr.decision_rows[1]["action_json"])["applied"]["log_std"]
+    assert noise["after"] == pytest.approx(noise["before"] + 0.5, abs=1e-6)
+    assert mgr.decision_rows[2]["action"] == "continue" and "no_effect" in mgr.decision_rows[2]["violations"]
+    mgr.close()
+    rows = load_library(tmp_path, strict=True).epochs.to_pylist()
+    assert rows[-1]["ent_coef"] == pytest.approx(1e-3) and rows[-1]["safety_cost"] == 0.1

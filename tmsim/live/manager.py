@@ -94,6 +94,10 @@ class LiveManager:
     hparams : the knobs no attached object holds (``aux_loss_weight``), and the LR/weight decay before an optimizer
         is attached; read values win over given ones (a disagreement is logged).
     optimizer, scheduler, model : what is steered (``attach`` adds them later; the HF callback does).
+    setters, getters : ``{knob: callable}`` for knobs a plain loop holds itself (an RL loop's ``ent_coef``,
+        ``clip_range``, ``log_std``; a loss weight): a setter takes the new value, a getter returns the value in force
+        (for a learned one such as ``log_std``, which an action then moves by its step from the value read). Give the
+        starting values in ``hparams``. ``loss_weight_setter`` is ``setters={"aux_loss_weight": ...}``.
     promotions : the records directory (default ``tmsim.core.config.default_promotions()``).
     out_of_scope : a reason (str) to run a promoted policy outside its record's scope; recorded in the trace.
     policy_process : run the policy in its own process (None: for ``COMPUTE_KINDS`` and foreign kinds built from a
@@ -104,6 +108,8 @@ class LiveManager:
 
     def __init__(self, policy=None, *, max_epochs: int, hparams: Hyperparams | None = None, decide_every: int = 1,
                  optimizer=None, scheduler=None, model=None, loss_weight_setter: Callable[[float], None] | None = None,
+                 setters: dict[str, Callable[[float], None]] | None = None,
+                 getters: dict[str, Callable[[], float]] | None = None,
                  spec=None, promotions: str | Path | None = None, allow_unpromoted: bool = False,
                  out_of_scope: str | None = None, bounds: Bounds | None = None, mode: str = "async",
                  stale_steps: int = 100, timeout: float = 30.0, close_timeout: float = 5.0,
@@ -121,6 +127,15 @@ class LiveManager:
         self.max_epochs, self.decide_every = int(max_epochs), int(decide_every)
         self.optimizer = self.scheduler = self.model = self.agent = None
         self.loss_weight_setter = loss_weight_setter
+        # knobs a plain loop holds itself (an RL loop's ent_coef, clip range, action-noise log-std): set through
+        # ``setters``, read through ``getters`` where given (else the manager keeps the value it set)
+        self.setters = dict(setters or {})
+        if loss_weight_setter is not None:
+            self.setters.setdefault("aux_loss_weight", loss_weight_setter)
+        self.getters = dict(getters or {})
+        unknown = sorted((set(self.setters) | set(self.getters)) - set(KNOBS))
+        if unknown:
+            raise ValueError(f"setters/getters name unknown knob(s) {unknown}; knobs: {', '.join(KNOBS)}")
         self.stale_steps, self.timeout, self.close_timeout = stale_steps, timeout, close_timeout
         self.task, self.scenario, self.seed = task, scenario, seed
         self.run_id = run_id or f"live:{task}:{uuid.uuid4().hex[:8]}"
@@ -261,6 +276,7 @@ class LiveManager:
 
             return base.with_(**read_agent(self.agent))
         read = actuators.read_knobs(self.optimizer, self.scheduler, self.model)
+        read.update({k: float(g()) for k, g in self.getters.items()})
         return base.with_(**read)
 
     def targets(self) -> set[str]:
@@ -277,8 +293,7 @@ class LiveManager:
                 out.add("weight_decay")
         if actuators.dropout_sites(self.model):
             out.add("dropout")
-        if self.loss_weight_setter is not None and self.hparams is not None and self.hparams.aux_loss_weight is not None:
-            out.add("aux_loss_weight")
+        out |= {k for k in self.setters if self.hparams is not None and getattr(self.hparams, k) is not None}
         return out
 
     # --- the hooks ----------------------------------------------------------------------------------------------
@@ -428,9 +443,13 @@ class LiveManager:
             self.hparams = after = self._read()
             return {k: {"before": getattr(before, k), "after": getattr(after, k)} for k in act.changed}
         actuators.apply_knobs(self.optimizer, self.scheduler, self.model, seen, new)
-        if "aux_loss_weight" in act.changed:
-            self.loss_weight_setter(new.aux_loss_weight)
-            self.hparams = self.hparams.with_(aux_loss_weight=new.aux_loss_weight)
+        for k in act.changed:
+            if k in self.setters:
+                value = getattr(new, k)
+                if k == "log_std" and k in self.getters:  # learned: move by the step the policy chose
+                    value = getattr(before, k) + value - getattr(seen, k)
+                self.setters[k](value)
+                self.hparams = self.hparams.with_(**{k: value})
         self.hparams = after = self._read()
         return {k: {"before": getattr(before, k), "after": getattr(after, k)} for k in act.changed}
 
