@@ -323,3 +323,29 @@ def test_a_plain_loop_exposes_its_exploration_knobs_through_setters_and_getters(
     mgr.close()
     rows = load_library(tmp_path, strict=True).epochs.to_pylist()
     assert rows[-1]["ent_coef"] == pytest.approx(1e-3) and rows[-1]["safety_cost"] == 0.1
+
+
+def test_rl_actions_replay_their_recorded_branches_though_the_log_std_is_learned(tiny_library):
+    """The row after an RL fork holds the log-std after an epoch of learning; the simulator still finds the recorded
+    branch of an unclamped menu action (and leaves the tree for a set_log_std, which no branch recorded)."""
+    from tmsim.policies.baselines import SequencePolicy
+    from tmsim.simulate.simulator import Simulator
+    from tmsim.traces.index import TreeIndex
+
+    index = TreeIndex(load_library(tiny_library))
+    roots = [r for r in index.roots if index.meta[r]["task"] == "tiny-reacher-ppo"]
+    sim = Simulator(index, None)
+    for action in ("noise_up", "noise_down", "lr_up", "ent_coef_up"):
+        for o in sim.rollout(SequencePolicy([action]), roots):
+            rid = index.lookup(o.root, (action,))
+            assert rid is not None and o.surrogate_segments == 0, (action, o.root)
+            assert o.final_val_loss == index.final_val_loss(rid)
+
+    class SetNoise:
+        policy_id, version = "set-noise", "1"
+
+        def decide(self, snap):
+            return Proposal(action="set_log_std", value=snap.hparams.log_std + 0.5)
+
+    with pytest.raises(Exception):  # off the tree with no surrogate to continue on
+        sim.rollout(SetNoise(), roots[:1])

@@ -87,7 +87,7 @@ class Bounds(BaseModel):
     aux_loss_weight_min: float = Field(1e-3, gt=0)
     aux_loss_weight_max: float = Field(1e3, gt=0)
     ent_coef_min: float = Field(0.0, ge=0)
-    ent_coef_max: float = Field(0.5, ge=0)
+    ent_coef_max: float = Field(1.0, ge=0)
     ent_coef_step: float = Field(1e-3, ge=0)
     log_std_min: float = Field(-5.0)
     log_std_max: float = Field(1.5)

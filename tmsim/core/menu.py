@@ -61,7 +61,7 @@ def _ent(up: bool) -> Callable[[Hyperparams], Hyperparams]:
 def _shift(knob: str, step: float) -> Callable[[Hyperparams], Hyperparams]:
     def effect(hp: Hyperparams) -> Hyperparams:
         v = getattr(hp, knob)
-        return hp if v is None else hp.with_(**{knob: round(v + step, 6)})
+        return hp if v is None else hp.with_(**{knob: v + step})
     return effect
 
 

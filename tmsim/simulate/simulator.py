@@ -38,6 +38,7 @@ import numpy as np
 from ..core.actions import Bounds, ValidatedAction, validate
 from ..core.decision import RunInfo, build_snapshot, call_policy_batch, run_key
 from ..core.hparams import Hyperparams
+from ..core.menu import ACTION_TABLE, apply_action
 from ..core.snapshot import EpochView
 from ..core.outcome import final_val_loss
 from ..traces.format import Library
@@ -213,19 +214,31 @@ class Simulator:
             o.decisions.append({"epoch": d, "action": act.action, "violations": violations, "source": act.source,
                                 "latency_ms": ms, "snapshot": snap, "applied": act})
             o.chain[d] = act.action if act.intervenes else "continue"
-            self._apply(o, act, d)
+            self._apply(o, act, d, snap.hparams)
 
-    def _apply(self, o: Rollout, act: ValidatedAction, d: int) -> None:
+    def _apply(self, o: Rollout, act: ValidatedAction, d: int, seen: Hyperparams | None = None) -> None:
         if act.stop:
             o.stopped_at, o.done = d, True
             return
         if o.node is not None and act.intervenes:
             child = self.index.children.get(o.node, {}).get((d, act.action))
-            if child is None or self.index.hparams_at(child, d + 1) != act.hparams:
+            if child is None or not self._recorded_as(child, d, act, seen):
                 o.node = None  # off the recorded tree from here on
             else:
                 o.node = child
         o.hparams = act.hparams
+
+    def _recorded_as(self, child: str, d: int, act: ValidatedAction, seen: Hyperparams | None) -> bool:
+        """Whether the recorded branch ``child`` trained the hyperparameters ``act`` applies at epoch ``d``. The
+        recorded row after the fork holds the knobs in force; an RL run's ``log_std`` is learned, so that row holds
+        it after an epoch of learning: there the action must be the menu action itself, unclamped, applied to the
+        values the policy saw (as the recorder applied it), and every other knob must match."""
+        rec = self.index.hparams_at(child, d + 1)
+        if rec.log_std is None or seen is None:
+            return rec == act.hparams
+        return (rec.with_(log_std=None) == act.hparams.with_(log_std=None)
+                and act.action in ACTION_TABLE and not ACTION_TABLE[act.action].is_set
+                and apply_action(seen, act.action) == act.hparams)
 
     def _advance(self, active: list[Rollout], step: int) -> None:
         """Extend every active rollout to its next decision epoch (or the end): replay or surrogate."""
