@@ -279,13 +279,17 @@ class Snapshot:
             f"val slope {_pct(s.val_slope)}/epoch, best val {_f(s.best_val_loss, 0)} at epoch {s.best_epoch}, "
             f"val above best {_pct(s.val_rise)}; flags: {', '.join(flags)}"
         )
-        if self.decisions:
-            past = "; ".join(f"epoch {d.epoch} {d.action} -> val {_pct(d.val_change)}" for d in self.decisions)
-            lines.append(f"past decisions: {past}")
-        if self.offered:
-            lines.append(f"allowed actions: {', '.join(self.offered)}")
-        return "\n".join(lines)
+        return "\n".join(lines + self._tail("epoch", "val"))
 
+    def _tail(self, point: str, measure: str) -> list[str]:
+        """The past decisions with the change each was followed by, and the allowed actions."""
+        out = []
+        if self.decisions:
+            out.append("past decisions: " + "; ".join(f"{point} {d.epoch} {d.action} -> {measure} {_pct(d.val_change)}"
+                                                      for d in self.decisions))
+        if self.offered:
+            out.append(f"allowed actions: {', '.join(self.offered)}")
+        return out
 
     def _rl_text(self, window: int) -> str:
         """``to_text`` for a reinforcement-learning run: returns (higher is better), exploration and safety."""
@@ -309,12 +313,7 @@ class Snapshot:
                                  ("diverging", s.diverging), ("plateau", s.plateau)) if on] or ["none"]
         lines.append(f"signals: eval return shortfall slope {_pct(s.val_slope)}/evaluation, safety cost "
                      f"{'n/a' if s.cost_ratio is None else format(s.cost_ratio, '.0%')} of its budget; flags: {', '.join(flags)}")
-        if self.decisions:
-            past = "; ".join(f"evaluation {d.epoch} {d.action} -> shortfall {_pct(d.val_change)}" for d in self.decisions)
-            lines.append(f"past decisions: {past}")
-        if self.offered:
-            lines.append(f"allowed actions: {', '.join(self.offered)}")
-        return "\n".join(lines)
+        return "\n".join(lines + self._tail("evaluation", "shortfall"))
 
 
 def _f(x: float | None, width: int) -> str:

@@ -43,7 +43,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(f"tmsim.live.sb3 needs the 'rl' extra: pip install 'tmsim[rl]' ({exc})") from None
 
-from ..tasks.rl import VAL_SEED
+from ..tasks.rl import VAL_SEED, num, play
 
 
 class TMSimSB3Callback(BaseCallback):
@@ -92,8 +92,8 @@ class TMSimSB3Callback(BaseCallback):
         row.update(ep_return=row.get("ep_return"), ep_return_std=float(np.std(rets)) if rets else None,
                    ep_len=float(np.mean([e["l"] for e in eps])) if eps else None,
                    entropy=-float(logged["train/entropy_loss"]) if "train/entropy_loss" in logged else None,
-                   approx_kl=_num(logged.get("train/approx_kl")), clip_fraction=_num(logged.get("train/clip_fraction")),
-                   explained_variance=_num(logged.get("train/explained_variance")),
+                   approx_kl=num(logged.get("train/approx_kl")), clip_fraction=num(logged.get("train/clip_fraction")),
+                   explained_variance=num(logged.get("train/explained_variance")),
                    safety_cost=float(np.mean(costs)) if costs else None, safety_budget=self.safety_budget)
         self.manager.on_epoch_end(row, step=int(self.model.num_timesteps))
 
@@ -104,27 +104,10 @@ class TMSimSB3Callback(BaseCallback):
     # --- evaluation ---------------------------------------------------------------------------------------------
     def _evaluate(self) -> float:
         """Mean return of the deterministic policy on the fixed evaluation episodes."""
-        total = []
-        for i in range(self.eval_episodes):
-            obs, _ = self.eval_env.reset(seed=self.eval_seed + i)
-            ret, done = 0.0, False
-            while not done:
-                action, _ = self.model.predict(obs, deterministic=True)
-                obs, r, term, trunc, _ = self.eval_env.step(action)
-                ret += float(r)
-                done = term or trunc
-            total.append(ret)
-        return float(np.mean(total))
+        return float(np.mean(play(self.model, self.eval_env, self.eval_seed, self.eval_episodes)[0]))
 
     def _row(self, val_return: float, train_return: float | None) -> dict[str, Any]:
         return {"val_loss": max(self.return_max - val_return, 0.0), "val_return": val_return,
                 "train_loss": None if train_return is None else max(self.return_max - train_return, 0.0),
                 "ep_return": train_return}
 
-
-def _num(v) -> float | None:
-    try:
-        v = float(v)
-    except (TypeError, ValueError):
-        return None
-    return v if math.isfinite(v) else None

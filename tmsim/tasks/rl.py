@@ -113,6 +113,24 @@ class RLState(TrainState):
     last_train: dict | None = None  # the telemetry of the epoch just trained (read by ``evaluate``)
 
 
+def play(agent, env, first_seed: int, n: int, deterministic: bool = True) -> tuple[list[float], list[float]]:
+    """Play ``n`` episodes of ``agent`` on ``env``, reset with seeds ``first_seed``, ``first_seed + 1``, ...: their
+    returns and safety costs (``info["cost"]`` at the end, 0 where the environment reports none). The recorder's
+    evaluations and the SB3 callback's are this one function."""
+    rets, costs = [], []
+    for i in range(n):
+        obs, _ = env.reset(seed=first_seed + i)
+        total, done, info = 0.0, False, {}
+        while not done:
+            action, _ = agent.predict(obs, deterministic=deterministic)
+            obs, r, term, trunc, info = env.step(action)
+            total += float(r)
+            done = term or trunc
+        rets.append(total)
+        costs.append(float(info.get("cost", 0.0)))
+    return rets, costs
+
+
 # --- reading and turning the knobs of a running SB3 on-policy agent (shared with the live hook) --------------------
 def read_agent(agent) -> dict[str, float]:
     """The knobs an SB3 PPO/A2C agent holds now: ``lr``, ``ent_coef``, ``clip_range`` (PPO) and ``log_std`` (a
@@ -249,9 +267,9 @@ class PPOTask(TorchTask):
             "ep_return_std": float(np.std(rets)) if rets else None,
             "ep_len": float(np.mean([e["l"] for e in eps])) if eps else None,
             "entropy": -float(logged["train/entropy_loss"]) if "train/entropy_loss" in logged else None,
-            "approx_kl": _num(logged.get("train/approx_kl")),
-            "clip_fraction": _num(logged.get("train/clip_fraction")),
-            "explained_variance": _num(logged.get("train/explained_variance")),
+            "approx_kl": num(logged.get("train/approx_kl")),
+            "clip_fraction": num(logged.get("train/clip_fraction")),
+            "explained_variance": num(logged.get("train/explained_variance")),
             "safety_cost": float(np.mean([e["cost"] for e in eps])) if eps else None,
             "safety_budget": self.settings(state.scenario)["safety_budget"],
         }
@@ -265,18 +283,7 @@ class PPOTask(TorchTask):
         env = self.__dict__.get("_eval_env")
         if env is None:
             env = self.__dict__["_eval_env"] = make_env(self.env_id)
-        rets, costs = [], []
-        for i in range(n):
-            obs, _ = env.reset(seed=first_seed + i)
-            total, done, info = 0.0, False, {}
-            while not done:
-                action, _ = state.agent.predict(obs, deterministic=deterministic)
-                obs, r, term, trunc, info = env.step(action)
-                total += float(r)
-                done = term or trunc
-            rets.append(total)
-            costs.append(float(info.get("cost", 0.0)))
-        return rets, costs
+        return play(state.agent, env, first_seed, n, deterministic)
 
     def evaluate(self, state: TrainState) -> dict[str, float | None]:
         """Deterministic returns on the validation and test episodes; the losses are their shortfalls from
@@ -336,7 +343,8 @@ class PPOTask(TorchTask):
         return state
 
 
-def _num(v) -> float | None:
+def num(v) -> float | None:
+    """``v`` as a finite float, else None (SB3's logged values may be missing, NaN or numpy scalars)."""
     try:
         v = float(v)
     except (TypeError, ValueError):
