@@ -73,7 +73,7 @@ import pyarrow as pa
 
 from . import __version__
 from .core.hparams import KNOBS, Hyperparams
-from .core.menu import apply_action, changing_actions, record_menu
+from .core.menu import apply_action, changing_actions
 from .core.outcome import is_diverged
 from .tasks import TASKS, get_task
 from .tasks.base import TorchTask, TrainState
@@ -113,7 +113,7 @@ class TreeSpec:
     def resolved(self) -> "TreeSpec":
         task = get_task(self.task)
         sc = task.scenario(self.scenario)
-        menu = self.menu or (task.record_menu() if hasattr(task, "record_menu") else record_menu(len(task.losses)))
+        menu = self.menu or task.record_menu()
         return TreeSpec(self.task, self.scenario, self.seed, self.depth, self.decide_every or sc.decide_every, self.budget,
                         tuple(menu), self.replicates, self.first_replicate)
 
@@ -282,8 +282,7 @@ def _train_epochs(task, spec, state, until: int, initial_val: float, cols: "_Col
         ev = task.evaluate(state)
         wall = time.perf_counter() - t0
         # an RL task's safety monitor stops a run whose exploration breaks its safety budget, as a divergence
-        diverged = (is_diverged(ev["val_loss"], initial_val, ev["train_loss"], tr["grad_norm"])
-                    or bool(getattr(task, "breach", lambda _: False)(tr)))
+        diverged = is_diverged(ev["val_loss"], initial_val, ev["train_loss"], tr["grad_norm"]) or task.breach(tr)
         _epoch_row(cols, spec, branch, state, ev, tr, wall, diverged, replicate)
         progress("epochs", 1)
         if diverged:

@@ -28,11 +28,17 @@ SUPERVISED_KNOBS = ("lr", "weight_decay", "dropout", "aux_loss_weight")
 RL_KNOBS = ("lr", "ent_coef", "log_std", "clip_range")
 
 
+def is_rl(knobs) -> bool:
+    """Whether ``knobs`` (``Hyperparams``, an ``EpochView`` or anything with the knob attributes) belong to a
+    reinforcement-learning run: one whose ``ent_coef`` or ``log_std`` is set."""
+    return getattr(knobs, "ent_coef", None) is not None or getattr(knobs, "log_std", None) is not None
+
+
 def run_knobs(hp: "Hyperparams") -> tuple[str, ...]:
     """The knobs a run with ``hp`` has: ``RL_KNOBS`` for a reinforcement-learning run (PPO's entropy coefficient,
     the policy's action-noise log-std, the clip range), else ``SUPERVISED_KNOBS``. A knob whose value is ``None``
     (``aux_loss_weight`` of a single-loss run) has nothing to act on either."""
-    names = RL_KNOBS if hp.ent_coef is not None or hp.log_std is not None else SUPERVISED_KNOBS
+    names = RL_KNOBS if is_rl(hp) else SUPERVISED_KNOBS
     return tuple(k for k in names if getattr(hp, k) is not None)
 
 

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, NamedTuple
 
-from .hparams import Hyperparams
+from .hparams import Hyperparams, is_rl
 
 #: Epochs of history used for slopes and shown in the prompt table.
 WINDOW = 5
@@ -160,7 +160,7 @@ def compute_signals(history: tuple[EpochView, ...], window: int = WINDOW) -> Sig
         and (train_slope is None or train_slope > -PLATEAU_SLOPE)
     )
     rl = {}
-    if last.log_std is not None or last.ent_coef is not None:
+    if is_rl(last):
         # an RL run: the loss is a return shortfall, so a train/val gap says nothing of overfitting
         overfitting = False
         cost_ratio = (last.safety_cost / last.safety_budget if _finite(last.safety_cost) and _finite(last.safety_budget)
@@ -258,7 +258,7 @@ class Snapshot:
     def to_text(self, window: int = WINDOW) -> str:
         """A compact table for prompts: the last ``window`` epochs, the hyperparameters, signals, options."""
         hp = self.hparams
-        if hp.ent_coef is not None or hp.log_std is not None:
+        if is_rl(hp):
             return self._rl_text(window)
         knobs = f"lr={hp.lr:.4g} weight_decay={hp.weight_decay:.4g} dropout={hp.dropout:.2g}"
         if hp.aux_loss_weight is not None:

@@ -59,6 +59,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..core.actions import Bounds
 from ..core.config import load_toml_model
+from ..core.hparams import is_rl
 from ..policies.protocol import close_policy, failure_reason, is_upper_bound, model_stats, trained_on
 from ..simulate.simulator import Rollout, Simulator, summarize_rollouts
 from ..traces.index import TreeIndex
@@ -536,9 +537,7 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
                                unseen_tasks=unseen, rank_by=rank_by, pareto=pareto, include_train=include_train,
                                skipped=skipped, oracle_upper_bound_roots=len(covered),
                                oracle_beaten_at=sorted({r for s in scores for r in s.beats_oracle_at}),
-                               rl_tasks=sorted({index.meta[r]["task"] for r in roots
-                                                if index.meta[r]["hp_init"].log_std is not None
-                                                or index.meta[r]["hp_init"].ent_coef is not None}))
+                               rl_tasks=sorted({index.meta[r]["task"] for r in roots if is_rl(index.meta[r]["hp_init"])}))
     front = result.layers()
     for s in scores:
         s.pareto = front.get(s.policy) == 1

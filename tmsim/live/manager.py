@@ -431,25 +431,19 @@ class LiveManager:
             self.should_stop = True
             return {}
         before, new = self._read(), act.hparams
+        if "log_std" in act.changed and None not in (before.log_std, seen.log_std):
+            # learned, so it may have moved since the policy saw it: it moves by the step the policy chose
+            new = new.with_(log_std=before.log_std + new.log_std - seen.log_std)
         if self.agent is not None:
             from ..tasks.rl import apply_agent
 
-            # relative knobs move by the step the policy chose from what it saw (they may have moved since: the
-            # log-std is learned); absolute ones are set
-            target = new.with_(lr=before.lr * new.lr / seen.lr,
-                               log_std=(before.log_std + new.log_std - seen.log_std
-                                        if None not in (before.log_std, new.log_std, seen.log_std) else new.log_std))
-            apply_agent(self.agent, before, target)
-            self.hparams = after = self._read()
-            return {k: {"before": getattr(before, k), "after": getattr(after, k)} for k in act.changed}
-        actuators.apply_knobs(self.optimizer, self.scheduler, self.model, seen, new)
-        for k in act.changed:
-            if k in self.setters:
-                value = getattr(new, k)
-                if k == "log_std" and k in self.getters:  # learned: move by the step the policy chose
-                    value = getattr(before, k) + value - getattr(seen, k)
-                self.setters[k](value)
-                self.hparams = self.hparams.with_(**{k: value})
+            apply_agent(self.agent, before, new.with_(lr=before.lr * new.lr / seen.lr))  # the LR by the chosen factor
+        else:
+            actuators.apply_knobs(self.optimizer, self.scheduler, self.model, seen, new)
+            for k in act.changed:
+                if k in self.setters:
+                    self.setters[k](getattr(new, k))
+                    self.hparams = self.hparams.with_(**{k: getattr(new, k)})
         self.hparams = after = self._read()
         return {k: {"before": getattr(before, k), "after": getattr(after, k)} for k in act.changed}
 

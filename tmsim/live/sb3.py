@@ -31,7 +31,6 @@ environment step, before the next update. ``learn`` returning closes the manager
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,7 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the install
     raise ImportError(f"tmsim.live.sb3 needs the 'rl' extra: pip install 'tmsim[rl]' ({exc})") from None
 
-from ..tasks.rl import VAL_SEED, num, play
+from ..tasks.rl import VAL_SEED, play, ppo_telemetry
 
 
 class TMSimSB3Callback(BaseCallback):
@@ -73,9 +72,7 @@ class TMSimSB3Callback(BaseCallback):
         for info in self.locals.get("infos", ()):
             ep = info.get("episode") if isinstance(info, dict) else None
             if ep is not None:
-                cost = info.get("cost", ep.get("cost"))
-                self._episodes.append({"r": float(ep["r"]), "l": float(ep["l"]),
-                                       "cost": float(cost) if cost is not None else math.nan})
+                self._episodes.append({"r": float(ep["r"]), "l": float(ep["l"]), "cost": info.get("cost", ep.get("cost"))})
         self.manager.on_step_end()
         return not self.manager.should_stop
 
@@ -85,17 +82,9 @@ class TMSimSB3Callback(BaseCallback):
             return
         ret = self._evaluate()
         eps, self._episodes = self._episodes, []
-        rets = [e["r"] for e in eps]
-        costs = [e["cost"] for e in eps if math.isfinite(e["cost"])]
-        row = self._row(ret, float(np.mean(rets)) if rets else None)
-        logged = self.model.logger.name_to_value
-        row.update(ep_return=row.get("ep_return"), ep_return_std=float(np.std(rets)) if rets else None,
-                   ep_len=float(np.mean([e["l"] for e in eps])) if eps else None,
-                   entropy=-float(logged["train/entropy_loss"]) if "train/entropy_loss" in logged else None,
-                   approx_kl=num(logged.get("train/approx_kl")), clip_fraction=num(logged.get("train/clip_fraction")),
-                   explained_variance=num(logged.get("train/explained_variance")),
-                   safety_cost=float(np.mean(costs)) if costs else None, safety_budget=self.safety_budget)
-        self.manager.on_epoch_end(row, step=int(self.model.num_timesteps))
+        telemetry = ppo_telemetry(self.model, eps, self.safety_budget)
+        self.manager.on_epoch_end({**telemetry, **self._row(ret, telemetry["ep_return"])},
+                                  step=int(self.model.num_timesteps))
 
     def _on_training_end(self) -> None:
         if self.close_at_end:

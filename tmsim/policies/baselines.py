@@ -6,6 +6,7 @@ import random
 from dataclasses import dataclass
 
 from ..core.actions import Proposal
+from ..core.hparams import is_rl
 from ..core.menu import ACTIONS, LR_FACTOR
 from ..core.snapshot import Snapshot
 
@@ -59,8 +60,7 @@ class RulesPolicy:
         if s.diverging:
             return Proposal(action="lr_down", reason="diverging")
         rising = (s.val_rise is not None and s.val_rise > 0.02) or (s.val_slope is not None and s.val_slope > 0)
-        rl = last.log_std is not None or last.ent_coef is not None
-        gap = None if rl else s.gap
+        gap = None if is_rl(snapshot.hparams) else s.gap
         if gap is not None and gap > self.gap_threshold and rising:
             return Proposal(action=self.overfit_action, reason=f"train/val gap {s.gap:.2f} and val loss rising")
         if (self.stop_val_acc is not None and last.val_acc is not None and last.val_acc >= self.stop_val_acc

@@ -30,7 +30,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from ..core.hparams import KNOB_SCALE, RL_KNOBS, SUPERVISED_KNOBS, Hyperparams
+from ..core.hparams import KNOB_SCALE, RL_KNOBS, SUPERVISED_KNOBS, Hyperparams, is_rl
 
 WINDOW = 5
 STATE_NAMES = ["frac_epoch", "log_val_over_init", "log_train_over_init", "log_val_over_best", "log_gap",
@@ -221,7 +221,7 @@ _ROLES = {False: SUPERVISED_KNOBS, True: RL_KNOBS}
 
 def knob_slots(hp: Hyperparams) -> tuple[str, ...]:
     """The four knobs that fill the role slots for a run with ``hp``."""
-    return _ROLES[hp.ent_coef is not None or hp.log_std is not None]
+    return _ROLES[is_rl(hp)]
 
 
 def action_features(old: Hyperparams, new: Hyperparams) -> list[float]:

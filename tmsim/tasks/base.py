@@ -30,6 +30,7 @@ import torch
 from torch import nn
 
 from ..core.hparams import Hyperparams
+from ..core.menu import record_menu
 
 
 @dataclass(frozen=True)
@@ -152,6 +153,15 @@ class TorchTask:
         return torch.optim.SGD(model.parameters(), lr=hp.lr, momentum=momentum, weight_decay=hp.weight_decay)
 
     # --- the interface the recorder and the live hook use ------------------------------------------------------
+    def record_menu(self) -> tuple[str, ...]:
+        """The actions the recorder trains at every decision point (RL tasks: the exploration menu)."""
+        return record_menu(len(self.losses))
+
+    def breach(self, train: dict[str, Any] | None) -> bool:
+        """Whether an epoch's training telemetry breaks the task's safety limit, which stops the run as diverged
+        (RL tasks: the safety budget; supervised tasks have none)."""
+        return False
+
     def scenarios(self) -> dict[str, Scenario]:
         return dict(self.SCENARIOS)
 

@@ -131,6 +131,26 @@ def play(agent, env, first_seed: int, n: int, deterministic: bool = True) -> tup
     return rets, costs
 
 
+def ppo_telemetry(agent, episodes: list[dict], safety_budget: float | None) -> dict[str, float | None]:
+    """An epoch's RL columns from the training episodes it finished (SB3 ``Monitor`` records: ``r``, ``l`` and
+    ``cost``, a missing or NaN cost left out) and PPO's values at the agent's last update (its logger). The recorder's
+    epochs and the SB3 callback's evaluations are this one function."""
+    logged = agent.logger.name_to_value
+    rets = [float(e["r"]) for e in episodes]
+    costs = [c for c in (num(e.get("cost")) for e in episodes) if c is not None]
+    return {
+        "ep_return": float(np.mean(rets)) if rets else None,
+        "ep_return_std": float(np.std(rets)) if rets else None,
+        "ep_len": float(np.mean([e["l"] for e in episodes])) if episodes else None,
+        "entropy": -float(logged["train/entropy_loss"]) if "train/entropy_loss" in logged else None,
+        "approx_kl": num(logged.get("train/approx_kl")),
+        "clip_fraction": num(logged.get("train/clip_fraction")),
+        "explained_variance": num(logged.get("train/explained_variance")),
+        "safety_cost": float(np.mean(costs)) if costs else None,
+        "safety_budget": safety_budget,
+    }
+
+
 # --- reading and turning the knobs of a running SB3 on-policy agent (shared with the live hook) --------------------
 def read_agent(agent) -> dict[str, float]:
     """The knobs an SB3 PPO/A2C agent holds now: ``lr``, ``ent_coef``, ``clip_range`` (PPO) and ``log_std`` (a
@@ -255,23 +275,12 @@ class PPOTask(TorchTask):
         state.samples_seen = int(agent.num_timesteps)
         state.steps = int(agent.num_timesteps)  # RL runs count environment steps
         state.hparams = state.hparams.with_(**read_agent(agent))  # the log-std is learned: record what it is now
-        logged = agent.logger.name_to_value
-        eps = list(agent.ep_info_buffer)
-        rets = [float(e["r"]) for e in eps]
         out = {
             "grad_norm": None,
             "update_ratio": float((w1 - w0).norm() / w0.norm()),
             "samples_seen": state.samples_seen, "step": state.steps,
             "step_time_s": elapsed / max(n, 1),
-            "ep_return": float(np.mean(rets)) if rets else None,
-            "ep_return_std": float(np.std(rets)) if rets else None,
-            "ep_len": float(np.mean([e["l"] for e in eps])) if eps else None,
-            "entropy": -float(logged["train/entropy_loss"]) if "train/entropy_loss" in logged else None,
-            "approx_kl": num(logged.get("train/approx_kl")),
-            "clip_fraction": num(logged.get("train/clip_fraction")),
-            "explained_variance": num(logged.get("train/explained_variance")),
-            "safety_cost": float(np.mean([e["cost"] for e in eps])) if eps else None,
-            "safety_budget": self.settings(state.scenario)["safety_budget"],
+            **ppo_telemetry(agent, list(agent.ep_info_buffer), self.settings(state.scenario)["safety_budget"]),
         }
         state.last_train = out
         if on_step is not None:

@@ -35,7 +35,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from ..core.hparams import KNOBS
+from ..core.hparams import KNOBS, RL_KNOBS
 
 SCHEMA_VERSION = "3"
 #: Versions this reader accepts; an older file is read with the columns added since filled in (``ADDED``).
@@ -123,7 +123,7 @@ SCHEMAS = {"runs": RUNS, "epochs": EPOCHS, "decisions": DECISIONS}
 #: Columns added by each version and the value an older file reads them as. Version 2: one replicate per tree (0),
 #: the optimizer not recorded (null), the optimizer step not recorded (null). Version 3: no exploration knobs and no
 #: RL telemetry (null).
-_RL_KNOBS = ("ent_coef", "log_std", "clip_range")
+_RL_KNOBS = tuple(k for k in RL_KNOBS if k != "lr")
 ADDED = {
     "2": {"runs": {"replicate": 0, "optimizer": None, "optimizer_json": None},
           "epochs": {"step": None}, "decisions": {"step": None}},

@@ -23,6 +23,7 @@ True
 from __future__ import annotations
 
 from ...core.actions import Bounds
+from ...core.hparams import is_rl
 from ...core.menu import ACTION_TABLE
 
 SIGNALS = ("Signals: gap = val loss / train loss - 1 (large and growing: overfitting); slopes = change per epoch "
@@ -88,7 +89,7 @@ def messages(snapshot, style: str = "manager", reply: str = "action", bounds: Bo
     """The chat messages for one snapshot (see the module docs)."""
     hp = getattr(snapshot, "hparams", None)
     lr = getattr(hp, "lr", None)
-    rl = getattr(hp, "log_std", None) is not None or getattr(hp, "ent_coef", None) is not None
+    rl = is_rl(hp)
     return [{"role": "system", "content": system_prompt(snapshot.offered, style, reply, lr, bounds, rl=rl)},
             {"role": "user", "content": snapshot.to_text(_WINDOWS.get(style, 5))}]
 
