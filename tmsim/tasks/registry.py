@@ -18,6 +18,7 @@ TASKS = Registry("task", "tmsim.tasks")
 for _name, _ref in (("digits-mlp", "tmsim.tasks.digits:DigitsMLP"), ("multiloss", "tmsim.tasks.multiloss:MultiLoss"),
                     ("text-lm", "tmsim.tasks.textlm:TextLM"), ("diabetes-mlp", "tmsim.tasks.diabetes:DiabetesMLP"),
                     ("friedman-mlp", "tmsim.tasks.friedman:FriedmanMLP"), ("digits-cnn", "tmsim.tasks.digits_cnn:DigitsCNN"),
+                    ("cancer-mlp", "tmsim.tasks.cancer:CancerMLP"), ("friedman2-adam", "tmsim.tasks.friedman2:Friedman2Adam"),
                     ("pendulum-ppo", "tmsim.tasks.rl:PendulumPPO"), ("reacher-ppo", "tmsim.tasks.rl:ReacherPPO")):
     TASKS.register(_name, _ref)
 

@@ -1,0 +1,103 @@
+"""``cancer-mlp``: an MLP classifier on scikit-learn's bundled breast-cancer data, trained with plain Adam.
+
+Data: 569 tumours, 30 measured features, malignant or benign. The split is fixed (a seed-0 permutation): 120
+validation rows, 120 test rows, and the first ``n_train`` of the remaining 329 rows for training. Features are
+standardised with the mean and standard deviation of the training rows only.
+
+Model: ReLU MLP with ``nn.Dropout`` after every hidden layer (dropout is a live knob), two logits. Loss: cross-entropy;
+``val_loss`` is that loss and ``val_acc`` the accuracy. Optimizer: ``torch.optim.Adam`` with the member's ``betas``
+and the run's weight decay as a classic (coupled) L2 term, which Adam's per-parameter scaling weakens.
+
+Scenarios (each a family; every seed draws its own member):
+
+- ``overfit``: a wide MLP on 40-70 rows: the rows are fitted within a few epochs, the model grows over-confident and
+  validation cross-entropy climbs while accuracy barely moves; stopping early or a lower LR helps.
+- ``diverge``: an Adam LR far too high: the loss jumps about and confident mistakes blow the cross-entropy up on
+  some runs; lowering the LR helps, raising it blows up most runs.
+- ``plateau``: an Adam LR far too low: the loss creeps down and the run ends under-trained; raising the LR helps.
+- ``healthy``: a small, regularised MLP with a sensible LR on every training row: leave it alone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Hyperparams, Scenario, TorchTask
+from .digits import mlp
+
+_VAL, _TEST = 120, 120
+
+
+def cancer_split(n_train: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Breast-cancer rows split val/test/train by a fixed seed-0 permutation, features standardised with statistics
+    of the training rows only."""
+    from sklearn.datasets import load_breast_cancer
+
+    d = load_breast_cancer()
+    x = torch.tensor(d.data, dtype=torch.float32)
+    y = torch.tensor(d.target, dtype=torch.long)
+    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
+    x, y = x[perm], y[perm]
+    if not 0 < n_train <= len(x) - _VAL - _TEST:
+        raise ValueError(f"n_train must be in 1..{len(x) - _VAL - _TEST}, got {n_train}")
+    parts = {"val": slice(0, _VAL), "test": slice(_VAL, _VAL + _TEST),
+             "train": slice(_VAL + _TEST, _VAL + _TEST + n_train)}
+    xt = x[parts["train"]]
+    mu, sd = xt.mean(0), xt.std(0).clamp_min(1e-6)
+    return {k: ((x[s] - mu) / sd, y[s]) for k, s in parts.items()}
+
+
+class CancerMLP(TorchTask):
+    name = "cancer-mlp"
+    losses = ("cross_entropy",)
+    model_descriptor = "MLP classifier (ReLU, dropout), Adam with coupled L2"
+    dataset_descriptor = "sklearn breast cancer (569 x 30), standardised, fixed split"
+
+    SCENARIOS = {
+        s.name: s
+        for s in [
+            Scenario("overfit", Hyperparams(lr=3e-3), 20, 5,
+                     "wide MLP on 55 rows, Adam lr 3e-3: the rows are fitted, the model grows over-confident and "
+                     "validation cross-entropy climbs",
+                     {"hidden": [256, 256], "n_train": 55, "batch_size": 8, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 2e-3, 5e-3), "hidden": ("choice", [[256, 256], [384, 192], [320]]),
+                      "n_train": ("int", 40, 70), "batch_size": ("choice", [8, 10]),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}),
+            Scenario("diverge", Hyperparams(lr=0.015), 20, 5,
+                     "Adam LR far too high: the loss jumps about and confident mistakes blow it up",
+                     {"hidden": [128, 128], "n_train": 300, "batch_size": 16, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 0.01, 0.022), "hidden": ("choice", [[128, 128], [192, 96]]),
+                      "n_train": ("int", 260, 329), "batch_size": ("choice", [12, 16]),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+            Scenario("plateau", Hyperparams(lr=1.5e-5), 20, 5,
+                     "Adam LR far too low: the loss creeps down and the run ends under-trained",
+                     {"hidden": [64], "n_train": 300, "batch_size": 16, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 1e-5, 2.5e-5), "hidden": ("choice", [[64], [96], [48, 48]]),
+                      "n_train": ("int", 260, 329), "batch_size": ("choice", [12, 16]),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+            Scenario("healthy", Hyperparams(lr=1e-3, weight_decay=1e-4, dropout=0.1), 20, 5,
+                     "a small regularised MLP with a sensible Adam LR: the best move is to leave it alone",
+                     {"hidden": [32], "n_train": 300, "batch_size": 16, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 6e-4, 1.5e-3), "weight_decay": ("log", 5e-5, 3e-4), "dropout": ("uniform", 0.05, 0.2),
+                      "hidden": ("choice", [[24], [32], [48]]), "n_train": ("int", 260, 329),
+                      "batch_size": ("choice", [12, 16]), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+        ]
+    }
+
+    def data(self, scenario: Scenario):
+        return cancer_split(scenario.settings["n_train"])
+
+    def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
+        return mlp([30, *scenario.settings["hidden"], 2], hp.dropout)
+
+    def make_optimizer(self, model, scenario, hp):
+        return torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
+
+    def batch_loss(self, model, xb, yb, hp):
+        return F.cross_entropy(model(xb), yb)
+
+    def evaluate_split(self, model, x, y, hp):
+        logits = model(x)
+        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())

@@ -1,0 +1,91 @@
+"""``friedman2-adam``: an MLP regressor on generated Friedman #2 data, trained with plain Adam.
+
+Data: ``sklearn.datasets.make_friedman2`` with a fixed ``random_state``: 1,200 rows of 4 features (the impedance of a
+circuit, ``sqrt(x1^2 + (x2 x3 - 1 / (x2 x4))^2)``) plus Gaussian noise. The split is fixed (a seed-0 permutation):
+250 validation rows, 250 test rows, and the first ``n_train`` of the remaining 700 for training. Features and target
+are standardised with statistics of the training rows only; predicting the training mean scores a validation MSE
+near 1.
+
+Model: ReLU MLP with ``nn.Dropout`` after every hidden layer (dropout is a live knob). Loss: MSE on the standardised
+target; there is no accuracy. Optimizer: ``torch.optim.Adam`` with the member's ``betas`` and the run's weight decay as
+a classic (coupled) L2 term.
+
+Scenarios (each a family; every seed draws its own member):
+
+- ``overfit``: a wide MLP on 50-80 rows: the noise is memorised and validation MSE climbs.
+- ``diverge``: an Adam LR far too high: the loss is noisy and ends above a sensible run's on most seeds, lowering
+  the LR helps there; a member near the top of the range can blow up within the first epochs (Adam's steps are
+  bounded, so a run that survives them stays finite).
+- ``plateau``: an Adam LR far too low: validation MSE creeps down and the run ends under-trained.
+- ``healthy``: a moderate MLP on 500-700 rows with a sensible LR and light regularisation: leave it alone.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Hyperparams, Scenario, TorchTask
+from .diabetes import regression_split
+from .digits import mlp
+
+_ROWS, _NOISE, _DATA_SEED = 1_200, 120.0, 1
+_VAL, _TEST = 250, 250
+
+
+class Friedman2Adam(TorchTask):
+    name = "friedman2-adam"
+    losses = ("mse",)
+    model_descriptor = "MLP regressor (ReLU, dropout), Adam with coupled L2"
+    dataset_descriptor = (f"sklearn make_friedman2 ({_ROWS} x 4, noise {_NOISE}, random_state {_DATA_SEED}), "
+                          "standardised, fixed split")
+
+    SCENARIOS = {
+        s.name: s
+        for s in [
+            Scenario("overfit", Hyperparams(lr=3e-3), 20, 5,
+                     "wide MLP on 65 rows, Adam lr 3e-3: the noise is memorised and validation MSE climbs",
+                     {"hidden": [256, 256], "n_train": 65, "batch_size": 8, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 2e-3, 5e-3), "hidden": ("choice", [[256, 256], [384, 192], [320]]),
+                      "n_train": ("int", 50, 80), "batch_size": ("choice", [8, 10]),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}),
+            Scenario("diverge", Hyperparams(lr=0.12), 20, 5,
+                     "Adam LR far too high: the loss is noisy, and a member near the top of the range blows up early",
+                     {"hidden": [128, 128], "n_train": 600, "batch_size": 32, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 0.09, 0.16), "hidden": ("choice", [[128, 128], [192, 96]]),
+                      "n_train": ("int", 500, 700), "batch_size": ("choice", [24, 32]),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+            Scenario("plateau", Hyperparams(lr=3e-5), 20, 5,
+                     "Adam LR far too low: validation MSE creeps down and the run ends under-trained",
+                     {"hidden": [64, 64], "n_train": 600, "batch_size": 32, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 2e-5, 5e-5), "hidden": ("choice", [[64, 64], [96, 48]]),
+                      "n_train": ("int", 500, 700), "batch_size": ("choice", [24, 32]),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+            Scenario("healthy", Hyperparams(lr=2e-3, weight_decay=1e-4, dropout=0.05), 20, 5,
+                     "a sensible Adam recipe on 600 rows: the best move is to leave it alone",
+                     {"hidden": [64, 64], "n_train": 600, "batch_size": 32, "betas": (0.9, 0.999)},
+                     {"lr": ("log", 1.2e-3, 3e-3), "weight_decay": ("log", 5e-5, 3e-4), "dropout": ("uniform", 0.0, 0.1),
+                      "hidden": ("choice", [[64, 64], [96, 48], [128]]), "n_train": ("int", 500, 700),
+                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
+        ]
+    }
+
+    def data(self, scenario: Scenario):
+        from sklearn.datasets import make_friedman2
+
+        x, y = make_friedman2(n_samples=_ROWS, noise=_NOISE, random_state=_DATA_SEED)
+        return regression_split(torch.tensor(x, dtype=torch.float32), torch.tensor(y, dtype=torch.float32),
+                                _VAL, _TEST, scenario.settings["n_train"])
+
+    def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
+        return mlp([4, *scenario.settings["hidden"], 1], hp.dropout)
+
+    def make_optimizer(self, model, scenario, hp):
+        return torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+                                betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
+
+    def batch_loss(self, model, xb, yb, hp):
+        return F.mse_loss(model(xb), yb)
+
+    def evaluate_split(self, model, x, y, hp):
+        return float(F.mse_loss(model(x), y)), None
