@@ -55,3 +55,41 @@ def test_the_bundled_truth_reproduces_statistically_on_this_machine(bundled, tmp
                  "--json", str(out), "--quiet"]) in (0, 1)
     report = json.loads(out.read_text())
     assert report["pairs"] >= 6 and report["passed"], report
+
+
+def test_a_path_cut_short_by_a_divergence_scores_it_in_that_replicate(bundled):
+    """A branch never recorded in one replicate because a run on the way diverged first is scored there as that
+    divergence (what following the path in that replicate gives), by the index and by `tmsim summary` alike; a path
+    is never scored on the replicates that survived it alone."""
+    from tmsim.traces import TreeIndex
+    from tmsim.traces.index import path_of
+
+    index = TreeIndex(load_library(bundled))
+    roots = [r for r in index.roots if index.meta[r]["task"] == "cancer-mlp" and index.meta[r]["scenario"] == "diverge"]
+    found = None
+    for root in roots:
+        reps = {index.meta[r]["replicate"] for r in index.by_path[index.meta[root]["path"]]}
+        for rid in index.descendants(root):
+            path = index.meta[rid]["path"]
+            held = {index.meta[r]["replicate"] for r in index.by_path[path]}
+            if held != reps and index.meta[rid]["status"] != "diverged":
+                parent = next(r for r in index.by_path[path_of(index.meta[rid]["parent_run_id"])]
+                              if index.meta[r]["replicate"] not in held)
+                if index.meta[parent]["status"] == "diverged":
+                    found = (path, parent)
+                    break
+        if found:
+            break
+    assert found, "the cancer-mlp diverge trees hold a branch cut short by its parent's divergence"
+    path, parent = found
+    survivors = [index.final_val_loss(r) for r in index.by_path[path]]
+    assert index.final_val_loss(parent) > max(survivors)
+    assert index.expected_final_val_loss(path) > sum(survivors) / len(survivors)
+    # the summary's best path per seed is the index's
+    task, scenario, seed = index.meta[parent]["group"]
+    rows = [r for r in summary_table(bundled).to_pylist() if r["task"] == task and r["scenario"] == scenario]
+    assert rows
+    seeds = sorted({index.meta[r]["seed"] for r in roots})
+    best = sorted(min(index.expected_final_val_loss(index.meta[x]["path"]) for root in roots
+                      if index.meta[root]["seed"] == s for x in index.descendants(root)) for s in seeds)
+    assert rows[0]["best_val_loss"] == round(float(sorted(best)[len(best) // 2]), 4)

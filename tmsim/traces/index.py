@@ -98,6 +98,7 @@ class TreeIndex:
         for row in own.to_pylist():
             self.own[row.pop("run_id")][row["epoch"]] = row
         self._lineage: dict[str, dict[int, dict]] = {}
+        self._expected: dict[str, float] = {}
         self._replayed: dict[int, tuple[dict, EpochView, dict]] = {}
         self.include_live = include_live
         self.roots = sorted(r for r, m in self.meta.items()
@@ -131,9 +132,39 @@ class TreeIndex:
         return None if r is None else Hyperparams.from_row(r)
 
     def expected_final_val_loss(self, path: str) -> float:
-        """The mean over the replicates that hold ``path`` of their final validation loss (the outcome rule)."""
+        """The mean over the tree's replicates of the final validation loss of ``path`` (the outcome rule).
+
+        A replicate that holds the path scores its run. A replicate where a run on the way to the path diverged
+        before the path's next branch epoch (so the branch was never recorded there) scores that divergence: this
+        is what following the path in that replicate gives, and leaving it out would score a risky path on its
+        survivors only. A replicate that lacks the path otherwise (a budgeted tree did not sample it) is left out."""
+        hit = self._expected.get(path)
+        if hit is None:
+            hit = self._expected[path] = self._expected_final(path)
+        return hit
+
+    def _expected_final(self, path: str) -> float:
         rids = self.by_path[path]
-        return sum(self.final_val_loss(r) for r in rids) / len(rids)
+        parts = path.split("+")
+        if len(parts) == 1:
+            return sum(self.final_val_loss(r) for r in rids) / len(rids)
+        held = {self.meta[r]["replicate"] for r in rids}
+        outcomes = [self.final_val_loss(r) for r in rids]
+        for root in self.by_path.get(parts[0], []):
+            rep = self.meta[root]["replicate"]
+            if rep in held:
+                continue
+            run = root
+            for i, step in enumerate(parts[1:], start=1):
+                nxt = next((r for r in self.by_path.get("+".join(parts[:i + 1]), [])
+                            if self.meta[r]["replicate"] == rep), None)
+                if nxt is None:
+                    branch_epoch = int(step.split(":", 1)[0][1:])
+                    if self.meta[run]["status"] == "diverged" and max(self[run], default=0) <= branch_epoch:
+                        outcomes.append(self.final_val_loss(run))
+                    break
+                run = nxt
+        return sum(outcomes) / len(outcomes)
 
     def final_val_loss(self, rid: str) -> float:
         """The recorded final validation loss (diverged: the divergence penalty)."""

@@ -9,9 +9,22 @@ import pyarrow as pa
 from .query import connect, format_table
 
 SUMMARY_SQL = """
-WITH paths AS (   -- one row per recorded path of a tree: its expected outcome over the replicates that hold it
+WITH tree_paths AS (SELECT DISTINCT task, scenario, seed, path, depth FROM finals),
+inherited AS (   -- a replicate lacks a path because a run on the way diverged before the path's next branch epoch:
+                 -- following the path there gives that divergence (TreeIndex.expected_final_val_loss)
+    SELECT p.task, p.scenario, p.seed, p.path, p.depth, d.scored_val_loss
+    FROM tree_paths p
+    JOIN finals d ON d.status = 'diverged' AND d.task = p.task AND d.scenario = p.scenario AND d.seed = p.seed
+         AND starts_with(p.path, d.path || '+')
+         AND CAST(regexp_extract(substr(p.path, length(d.path) + 2), '^e([0-9]+):', 1) AS INTEGER) >= d.final_epoch
+    WHERE NOT EXISTS (SELECT 1 FROM finals h WHERE h.task = p.task AND h.scenario = p.scenario AND h.seed = p.seed
+                      AND h.replicate = d.replicate AND h.path = p.path)
+),
+paths AS (   -- one row per recorded path of a tree: its expected outcome over the tree's replicates
     SELECT task, scenario, seed, path, any_value(depth) AS depth, avg(scored_val_loss) AS expected
-    FROM finals GROUP BY task, scenario, seed, path
+    FROM (SELECT task, scenario, seed, path, depth, scored_val_loss FROM finals
+          UNION ALL SELECT task, scenario, seed, path, depth, scored_val_loss FROM inherited)
+    GROUP BY task, scenario, seed, path
 ),
 per_seed AS (
     SELECT task, scenario, seed,
