@@ -74,7 +74,11 @@ def test_features_are_relative_and_know_the_optimizer(bundled):
     assert state_features(scaled, index.hparams_at(root, 5), ctx) == pytest.approx(list(f.values()))
     # an unrecorded optimizer is neither SGD nor Adam
     blank = RunContext(ctx.hp_init, 20, 5)
-    assert blank.adaptive == 0.5 and blank.momentum == 0.9
+    assert blank.adaptive == 0.5 and blank.momentum == 0.9 and blank.coupled_l2 == 0.5
+    # weight decay through Adam's step (coupled L2) is told apart from AdamW's shrink and SGD's L2
+    adam = run_context(index.meta[next(r for r in index.roots if index.meta[r]["task"] == "cancer-mlp")])
+    assert adam.optimizer == "adam" and adam.adaptive == 1.0 and adam.coupled_l2 == 1.0
+    assert ctx.coupled_l2 == 0.0 and sgd.coupled_l2 == 0.0 and f["opt_coupled_l2"] == 0.0
 
 
 def _sgd_root(index):

@@ -35,7 +35,8 @@ from ..core.hparams import KNOB_SCALE, RL_KNOBS, SUPERVISED_KNOBS, Hyperparams, 
 WINDOW = 5
 STATE_NAMES = ["frac_epoch", "log_val_over_init", "log_train_over_init", "log_val_over_best", "log_gap",
                "val_slope", "train_slope", "val_rough", "frac_since_best",
-               "log_lr_over_init", "log_wd", "dropout", "log_aux", "log_update_ratio", "log_decay", "opt_adaptive", "opt_momentum"]
+               "log_lr_over_init", "log_wd", "dropout", "log_aux", "log_update_ratio", "log_decay", "opt_adaptive", "opt_momentum",
+               "opt_coupled_l2"]
 # the role slots (``knob_slots``): for an RL run, log_wd/dlog_wd hold ent_coef, dropout/d_dropout log_std and
 # log_aux/dlog_aux clip_range
 ACTION_NAMES = ["dlog_lr", "dlog_wd", "d_dropout", "dlog_aux"]
@@ -45,6 +46,8 @@ TARGETS = ["dlog_val", "dlog_train", "d_val_acc", "d_train_acc"]
 _WD_EPS = 1e-5
 #: Optimizer families that scale steps per parameter (their LR is a step size, not a gradient multiplier).
 ADAPTIVE = frozenset({"adam", "adamw", "nadam", "radam", "adamax", "rmsprop", "adagrad", "adadelta", "adafactor", "lion"})
+#: Adaptive families whose weight decay shrinks the weights directly, outside the adaptive step.
+DECOUPLED = frozenset({"adamw", "adafactor", "lion"})
 #: log10 update-to-weight ratio assumed where a run never recorded one (the median over the bundled library).
 _UR_DEFAULT = -1.3
 
@@ -138,6 +141,16 @@ class RunContext:
         return 1.0 if self.optimizer.lower() in ADAPTIVE else 0.0
 
     @property
+    def coupled_l2(self) -> float:
+        """1 where weight decay is an L2 term added to the gradient of an adaptive optimizer (``Adam``, ``RMSprop``,
+        ...), so the per-parameter step size rescales it and it decays large weights less than ``lr x wd``; 0 where
+        it shrinks the weights directly (SGD, where the L2 term is that shrink, and decoupled ``AdamW``-like ones);
+        0.5 when not recorded."""
+        if not self.optimizer:
+            return 0.5
+        return 1.0 if self.optimizer.lower() in ADAPTIVE - DECOUPLED else 0.0
+
+    @property
     def momentum(self) -> float:
         """SGD's momentum or Adam's first beta (0.9 when not recorded)."""
         st = self.optimizer_settings or {}
@@ -189,6 +202,7 @@ def state_features(hist: list[dict], hp: Hyperparams, ctx: RunContext) -> list[f
         vslope * ctx.decide_every, tslope * ctx.decide_every, vrough, (d - best_epoch) / E,
         _log(hp.lr / hp_init.lr), *_state_knobs(hp),
         _update_ratio(hist, hp.lr), ctx.decay_per_epoch(hp), ctx.adaptive, ctx.momentum,
+        ctx.coupled_l2,
     ]
 
 
