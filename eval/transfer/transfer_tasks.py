@@ -13,10 +13,9 @@ Record it through the task registry by import path (``eval/transfer`` on ``PYTHO
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from tmsim.tasks.base import Hyperparams, Scenario, TorchTask
+from tmsim.tasks.base import Hyperparams, MSERegression, Scenario, adam
 from tmsim.tasks.diabetes import regression_split
 from tmsim.tasks.digits import mlp
 
@@ -24,9 +23,8 @@ _ROWS, _NOISE, _DATA_SEED = 1_500, 0.1, 3
 _VAL, _TEST = 300, 300
 
 
-class Friedman3Adam(TorchTask):
+class Friedman3Adam(MSERegression):
     name = "friedman3-adam"
-    losses = ("mse",)
     model_descriptor = "MLP regressor (ReLU, dropout), Adam with coupled L2"
     dataset_descriptor = f"sklearn make_friedman3 ({_ROWS} x 4, noise {_NOISE}, random_state {_DATA_SEED}), standardised"
 
@@ -67,10 +65,4 @@ class Friedman3Adam(TorchTask):
         return mlp([4, *scenario.settings["hidden"], 1], hp.dropout)
 
     def make_optimizer(self, model, scenario, hp):
-        return torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-
-    def batch_loss(self, model, xb, yb, hp):
-        return F.mse_loss(model(xb), yb)
-
-    def evaluate_split(self, model, x, y, hp):
-        return float(F.mse_loss(model(x), y)), None
+        return adam(model, scenario, hp)

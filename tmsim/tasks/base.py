@@ -27,6 +27,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from ..core.hparams import Hyperparams
@@ -307,3 +308,23 @@ class TorchTask:
         torch.set_rng_state(d["torch_rng"])
         state.epoch, state.samples_seen, state.steps = d["epoch"], d["samples_seen"], d.get("steps", 0)
         return state
+
+
+def adam(model: nn.Module, scenario: Scenario, hp: Hyperparams, decoupled: bool = False) -> torch.optim.Optimizer:
+    """``torch.optim.Adam`` (weight decay as a coupled L2 term) or, with ``decoupled``, ``AdamW``, with the
+    scenario member's ``betas`` (default ``(0.9, 0.999)``)."""
+    cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return cls(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
+               betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
+
+
+class MSERegression(TorchTask):
+    """A regression task: MSE on a standardised target is the loss and ``val_loss``; there is no accuracy."""
+
+    losses = ("mse",)
+
+    def batch_loss(self, model, xb, yb, hp):
+        return F.mse_loss(model(xb), yb)
+
+    def evaluate_split(self, model, x, y, hp):
+        return float(F.mse_loss(model(x), y)), None

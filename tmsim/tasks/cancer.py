@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask
+from .base import Hyperparams, Scenario, TorchTask, adam
 from .digits import mlp
 
 _VAL, _TEST = 120, 120
@@ -92,8 +92,7 @@ class CancerMLP(TorchTask):
         return mlp([30, *scenario.settings["hidden"], 2], hp.dropout)
 
     def make_optimizer(self, model, scenario, hp):
-        return torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
+        return adam(model, scenario, hp)
 
     def batch_loss(self, model, xb, yb, hp):
         return F.cross_entropy(model(xb), yb)

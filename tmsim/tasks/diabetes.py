@@ -25,10 +25,9 @@ Scenarios (each a family; every seed draws its own member):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask
+from .base import Hyperparams, MSERegression, Scenario, adam
 from .digits import mlp
 
 _VAL, _TEST = 100, 100
@@ -50,9 +49,8 @@ def regression_split(x: torch.Tensor, y: torch.Tensor, n_val: int, n_test: int, 
     return {k: ((x[s] - x_mu) / x_sd, (y[s] - y_mu) / y_sd) for k, s in parts.items()}
 
 
-class DiabetesMLP(TorchTask):
+class DiabetesMLP(MSERegression):
     name = "diabetes-mlp"
-    losses = ("mse",)
     model_descriptor = "MLP regressor (ReLU, dropout), AdamW"
     dataset_descriptor = "sklearn diabetes (442 x 10), standardised, fixed split"
 
@@ -99,11 +97,4 @@ class DiabetesMLP(TorchTask):
 
     def make_optimizer(self, model, scenario, hp):
         # Decoupled weight decay: the weight_decay knob shrinks weights by lr * wd per step, whatever the gradient.
-        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                 betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
-
-    def batch_loss(self, model, xb, yb, hp):
-        return F.mse_loss(model(xb), yb)
-
-    def evaluate_split(self, model, x, y, hp):
-        return float(F.mse_loss(model(x), y)), None
+        return adam(model, scenario, hp, decoupled=True)

@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask
+from .base import Hyperparams, Scenario, TorchTask, adam
 from .digits import digits_split
 
 
@@ -114,8 +114,7 @@ class DigitsCNN(TorchTask):
     }
 
     def make_optimizer(self, model: nn.Module, scenario: Scenario, hp: Hyperparams) -> torch.optim.Optimizer:
-        return torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
+        return adam(model, scenario, hp)
 
     def epoch_order(self, n: int, bs: int, steps: int | None, gen: torch.Generator) -> list[torch.Tensor]:
         """Minibatches of shuffled passes over the training split, chained until the epoch has ``steps`` of them

@@ -23,10 +23,9 @@ Scenarios (each a family; every seed draws its own member):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask
+from .base import Hyperparams, MSERegression, Scenario
 from .diabetes import regression_split
 from .digits import mlp
 
@@ -34,9 +33,8 @@ _ROWS, _NOISE, _DATA_SEED = 2_000, 1.0, 0
 _VAL, _TEST = 400, 400
 
 
-class FriedmanMLP(TorchTask):
+class FriedmanMLP(MSERegression):
     name = "friedman-mlp"
-    losses = ("mse",)
     model_descriptor = "MLP regressor (ReLU, dropout), SGD with momentum"
     dataset_descriptor = f"sklearn make_friedman1 ({_ROWS} x 10, noise {_NOISE}, random_state {_DATA_SEED}), standardised, fixed split"
 
@@ -77,9 +75,3 @@ class FriedmanMLP(TorchTask):
 
     def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
         return mlp([10, *scenario.settings["hidden"], 1], hp.dropout)
-
-    def batch_loss(self, model, xb, yb, hp):
-        return F.mse_loss(model(xb), yb)
-
-    def evaluate_split(self, model, x, y, hp):
-        return float(F.mse_loss(model(x), y)), None

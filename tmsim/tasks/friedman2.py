@@ -22,10 +22,9 @@ Scenarios (each a family; every seed draws its own member):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask
+from .base import Hyperparams, MSERegression, Scenario, adam
 from .diabetes import regression_split
 from .digits import mlp
 
@@ -33,9 +32,8 @@ _ROWS, _NOISE, _DATA_SEED = 1_200, 120.0, 1
 _VAL, _TEST = 250, 250
 
 
-class Friedman2Adam(TorchTask):
+class Friedman2Adam(MSERegression):
     name = "friedman2-adam"
-    losses = ("mse",)
     model_descriptor = "MLP regressor (ReLU, dropout), Adam with coupled L2"
     dataset_descriptor = (f"sklearn make_friedman2 ({_ROWS} x 4, noise {_NOISE}, random_state {_DATA_SEED}), "
                           "standardised, fixed split")
@@ -81,11 +79,4 @@ class Friedman2Adam(TorchTask):
         return mlp([4, *scenario.settings["hidden"], 1], hp.dropout)
 
     def make_optimizer(self, model, scenario, hp):
-        return torch.optim.Adam(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
-
-    def batch_loss(self, model, xb, yb, hp):
-        return F.mse_loss(model(xb), yb)
-
-    def evaluate_split(self, model, x, y, hp):
-        return float(F.mse_loss(model(x), y)), None
+        return adam(model, scenario, hp)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask
+from .base import Hyperparams, Scenario, TorchTask, adam
 
 VOCAB = ["\n"] + [chr(i) for i in range(32, 127)]
 
@@ -96,8 +96,7 @@ class TextLM(TorchTask):
     }
 
     def make_optimizer(self, model, scenario, hp):
-        return torch.optim.AdamW(model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay,
-                                 betas=tuple(scenario.settings.get("betas", (0.9, 0.999))))
+        return adam(model, scenario, hp, decoupled=True)
 
     def data(self, scenario: Scenario):
         ids = load_corpus()
