@@ -328,3 +328,17 @@ class MSERegression(TorchTask):
 
     def evaluate_split(self, model, x, y, hp):
         return float(F.mse_loss(model(x), y)), None
+
+
+class Classification(TorchTask):
+    """A classification task: cross-entropy on the model's logits is the loss and ``val_loss``; ``val_acc`` is the
+    accuracy."""
+
+    losses = ("cross_entropy",)
+
+    def batch_loss(self, model, xb, yb, hp):
+        return F.cross_entropy(model(xb), yb)
+
+    def evaluate_split(self, model, x, y, hp):
+        logits = model(x)
+        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())

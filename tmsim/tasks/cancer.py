@@ -20,37 +20,17 @@ Scenarios (each a family; every seed draws its own member):
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask, adam
+from .base import Classification, Hyperparams, Scenario, adam
+from .diabetes import tabular_split
 from .digits import mlp
 
 _VAL, _TEST = 120, 120
 
 
-def cancer_split(n_train: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """Breast-cancer rows split val/test/train by a fixed seed-0 permutation, features standardised with statistics
-    of the training rows only."""
-    from sklearn.datasets import load_breast_cancer
-
-    d = load_breast_cancer()
-    x = torch.tensor(d.data, dtype=torch.float32)
-    y = torch.tensor(d.target, dtype=torch.long)
-    perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[perm], y[perm]
-    if not 0 < n_train <= len(x) - _VAL - _TEST:
-        raise ValueError(f"n_train must be in 1..{len(x) - _VAL - _TEST}, got {n_train}")
-    parts = {"val": slice(0, _VAL), "test": slice(_VAL, _VAL + _TEST),
-             "train": slice(_VAL + _TEST, _VAL + _TEST + n_train)}
-    xt = x[parts["train"]]
-    mu, sd = xt.mean(0), xt.std(0).clamp_min(1e-6)
-    return {k: ((x[s] - mu) / sd, y[s]) for k, s in parts.items()}
-
-
-class CancerMLP(TorchTask):
+class CancerMLP(Classification):
     name = "cancer-mlp"
-    losses = ("cross_entropy",)
     model_descriptor = "MLP classifier (ReLU, dropout), Adam with coupled L2"
     dataset_descriptor = "sklearn breast cancer (569 x 30), standardised, fixed split"
 
@@ -86,17 +66,14 @@ class CancerMLP(TorchTask):
     }
 
     def data(self, scenario: Scenario):
-        return cancer_split(scenario.settings["n_train"])
+        from sklearn.datasets import load_breast_cancer
+
+        d = load_breast_cancer()
+        return tabular_split(torch.tensor(d.data, dtype=torch.float32), torch.tensor(d.target, dtype=torch.long),
+                             _VAL, _TEST, scenario.settings["n_train"])
 
     def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
         return mlp([30, *scenario.settings["hidden"], 2], hp.dropout)
 
     def make_optimizer(self, model, scenario, hp):
         return adam(model, scenario, hp)
-
-    def batch_loss(self, model, xb, yb, hp):
-        return F.cross_entropy(model(xb), yb)
-
-    def evaluate_split(self, model, x, y, hp):
-        logits = model(x)
-        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())

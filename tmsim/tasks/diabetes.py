@@ -33,20 +33,28 @@ from .digits import mlp
 _VAL, _TEST = 100, 100
 
 
-def regression_split(x: torch.Tensor, y: torch.Tensor, n_val: int, n_test: int, n_train: int
-                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+def tabular_split(x: torch.Tensor, y: torch.Tensor, n_val: int, n_test: int, n_train: int
+                  ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """Split rows by a fixed seed-0 permutation into val, test and the first ``n_train`` of the rest, then
-    standardise features and target (a column vector) with statistics of the training rows only."""
+    standardise the features with statistics of the training rows only (the targets are left as they are)."""
     perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(0))
-    x, y = x[perm], y[perm].reshape(-1, 1)
+    x, y = x[perm], y[perm]
     if not 0 < n_train <= len(x) - n_val - n_test:
         raise ValueError(f"n_train must be in 1..{len(x) - n_val - n_test}, got {n_train}")
     parts = {"val": slice(0, n_val), "test": slice(n_val, n_val + n_test),
              "train": slice(n_val + n_test, n_val + n_test + n_train)}
-    xt, yt = x[parts["train"]], y[parts["train"]]
+    xt = x[parts["train"]]
     x_mu, x_sd = xt.mean(0), xt.std(0).clamp_min(1e-6)
+    return {k: ((x[s] - x_mu) / x_sd, y[s]) for k, s in parts.items()}
+
+
+def regression_split(x: torch.Tensor, y: torch.Tensor, n_val: int, n_test: int, n_train: int
+                     ) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """``tabular_split`` with the target as a column vector, standardised with statistics of the training rows."""
+    parts = tabular_split(x, y.reshape(-1, 1), n_val, n_test, n_train)
+    yt = parts["train"][1]
     y_mu, y_sd = yt.mean(0), yt.std(0).clamp_min(1e-6)
-    return {k: ((x[s] - x_mu) / x_sd, (y[s] - y_mu) / y_sd) for k, s in parts.items()}
+    return {k: (xs, (ys - y_mu) / y_sd) for k, (xs, ys) in parts.items()}
 
 
 class DiabetesMLP(MSERegression):

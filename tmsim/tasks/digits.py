@@ -6,10 +6,9 @@ The run's seed drives weight initialisation, data order and dropout masks.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask
+from .base import Classification, Hyperparams, Scenario
 
 _VAL, _TEST = 400, 400
 
@@ -37,9 +36,8 @@ def mlp(sizes: list[int], dropout: float) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class DigitsMLP(TorchTask):
+class DigitsMLP(Classification):
     name = "digits-mlp"
-    losses = ("cross_entropy",)
     dataset_descriptor = "sklearn digits 8x8, fixed split"
 
     SCENARIOS = {
@@ -74,10 +72,3 @@ class DigitsMLP(TorchTask):
 
     def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
         return mlp([64, *scenario.settings["hidden"], 10], hp.dropout)
-
-    def batch_loss(self, model, xb, yb, hp):
-        return F.cross_entropy(model(xb), yb)
-
-    def evaluate_split(self, model, x, y, hp):
-        logits = model(x)
-        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())

@@ -31,10 +31,9 @@ as many passes as that takes.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from .base import Hyperparams, Scenario, TorchTask, adam
+from .base import Classification, Hyperparams, Scenario, adam
 from .digits import digits_split
 
 
@@ -59,7 +58,7 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
-class DigitsCNN(TorchTask):
+class DigitsCNN(Classification):
     """A small CNN on the 8x8 digits as images, trained with Adam (see the module docs for the scenarios).
 
     Example
@@ -74,7 +73,6 @@ class DigitsCNN(TorchTask):
     """
 
     name = "digits-cnn"
-    losses = ("cross_entropy",)
     model_descriptor = "CNN: two 3x3 conv layers + MLP head"
     dataset_descriptor = "sklearn digits as 1x8x8 images, fixed split"
 
@@ -131,10 +129,3 @@ class DigitsCNN(TorchTask):
     def make_model(self, scenario: Scenario, hp: Hyperparams) -> nn.Module:
         s = scenario.settings
         return SmallCNN(s["c1"], s["c2"], s["hidden"], hp.dropout, s.get("pool", True))
-
-    def batch_loss(self, model, xb, yb, hp):
-        return F.cross_entropy(model(xb), yb)
-
-    def evaluate_split(self, model, x, y, hp):
-        logits = model(x)
-        return float(F.cross_entropy(logits, y)), float((logits.argmax(1) == y).float().mean())
