@@ -146,8 +146,6 @@ class TreeIndex:
     def _expected_final(self, path: str) -> float:
         rids = self.by_path[path]
         parts = path.split("+")
-        if len(parts) == 1:
-            return sum(self.final_val_loss(r) for r in rids) / len(rids)
         held = {self.meta[r]["replicate"] for r in rids}
         outcomes = [self.final_val_loss(r) for r in rids]
         for root in self.by_path.get(parts[0], []):
@@ -155,12 +153,12 @@ class TreeIndex:
             if rep in held:
                 continue
             run = root
-            for i, step in enumerate(parts[1:], start=1):
-                nxt = next((r for r in self.by_path.get("+".join(parts[:i + 1]), [])
-                            if self.meta[r]["replicate"] == rep), None)
+            for step in parts[1:]:  # "e15:lr_down": the child branched at epoch 15 by lr_down
+                tag, action = step.split(":", 1)
+                epoch = int(tag[1:])
+                nxt = self.children.get(run, {}).get((epoch, action))
                 if nxt is None:
-                    branch_epoch = int(step.split(":", 1)[0][1:])
-                    if self.meta[run]["status"] == "diverged" and max(self[run], default=0) <= branch_epoch:
+                    if self.meta[run]["status"] == "diverged" and max(self[run], default=0) <= epoch:
                         outcomes.append(self.final_val_loss(run))
                     break
                 run = nxt
