@@ -10,8 +10,8 @@ from tmsim.cli import main
 from tmsim.evaluate.fidelity import (SPLITS, VALIDATION_SEEDS, FidelityConfig, OnMenu, branch_summary, format_report,
                                      measure, meets, policy_pool, ranking_agreement, split_of)
 from tmsim.policies import PlateauPolicy
-from tmsim.simulate.surrogate import (FEATURES, MODEL_CLASSES, RunContext, Surrogate, run_context, segment_data,
-                                      state_features)
+from tmsim.simulate.surrogate import (BAND_BINS, BAND_DEPTHS, FEATURES, MODEL_CLASSES, RunContext, SegmentData,
+                                      Surrogate, band_lookup, band_quantiles, run_context, segment_data, state_features)
 from tmsim.traces import TreeIndex, load_library
 
 
@@ -97,6 +97,69 @@ def test_every_model_class_fits_predicts_and_round_trips(small_library, tmp_path
     path = sur.save(tmp_path / f"{model}.skops")
     back = Surrogate.load(path)
     assert np.array_equal(back.predict(data.X[:7]), pred) and back.params["model"] == model
+
+
+def test_segment_chains_link_each_segment_to_the_one_that_reached_its_start(small_library):
+    """``prev`` names the recorded segment that ended in the state a segment starts from: the loss it reached is the
+    loss the next one starts from (checked through the features: ln(v_d / v_0) = that of the segment before plus
+    its last row's ln(v_end / v_start))."""
+    data = segment_data(TreeIndex(load_library(small_library)))
+    assert len(data.seg) == len(data.X) and len(data.prev) == len(data.end) == len(data.Xs)
+    assert (np.diff(data.seg) >= 0).all() and set(data.seg.tolist()) <= set(range(len(data.Xs)))
+    j = FEATURES.index("log_val_over_init")
+    chained = [(i, p) for i, p in enumerate(data.prev.tolist()) if p >= 0 and data.end[p] >= 0]
+    assert len(chained) > 20  # depth-2 trees: every segment after the first decision has one
+    for i, p in chained:
+        assert data.seg[data.end[p]] == p
+        assert data.Xs[i, j] == pytest.approx(data.Xs[p, j] + data.Y[data.end[p], 0], abs=1e-9)
+    first = [i for i, p in enumerate(data.prev.tolist()) if p < 0]
+    assert first and all(data.Xs[i, FEATURES.index("frac_epoch")] == data.Xs[first[0], FEATURES.index("frac_epoch")]
+                         for i in first)  # only segments at a root's first decision have no segment before them
+
+
+def _chains(first: np.ndarray, second: np.ndarray) -> tuple[np.ndarray, SegmentData]:
+    """Residuals and data for n two-segment paths of one row each (k_seg 1): segment 2i reached segment 2i+1."""
+    n = len(first)
+    X = np.zeros((2 * n, len(FEATURES)))
+    X[:, FEATURES.index("k_seg")] = 1.0
+    resid = np.empty(2 * n)
+    resid[0::2], resid[1::2] = first, second
+    prev = np.full(2 * n, -1)
+    prev[1::2] = np.arange(0, 2 * n, 2)
+    data = SegmentData(X, np.zeros((2 * n, 4)), np.zeros((2 * n, 4)), np.ones(2 * n, bool), np.array(["t/0"] * (2 * n)),
+                       X, np.zeros(2 * n, bool), np.arange(2 * n), prev, np.arange(2 * n))
+    return resid, data
+
+
+def test_the_band_sums_the_residuals_recorded_along_each_path():
+    """Split-conformal along paths: the band after one predicted segment is the quantiles of the summed residuals,
+    so errors that repeat widen it like adding the widths, errors that cancel leave it as narrow as one segment."""
+    a = np.random.default_rng(0).normal(0, 0.1, 400)
+    resid, data = _chains(a, a)  # the second segment repeats the first's error
+    q = band_quantiles(resid, data)
+    assert q.shape == (BAND_DEPTHS, BAND_BINS + 1, 2)
+    assert q[1, BAND_BINS] == pytest.approx(np.quantile(2 * a, [0.1, 0.9]))
+    both = np.concatenate([a, a])  # depth 0 pools every segment's own residual
+    assert q[0, BAND_BINS] == pytest.approx(np.quantile(both, [0.1, 0.9]))
+    resid, data = _chains(a, -a)  # ... or undoes it
+    q = band_quantiles(resid, data)
+    assert q[1, BAND_BINS] == pytest.approx([0.0, 0.0])
+    # no three-segment path was recorded: depth 2 extrapolates (the widths add), and so does every depth past the last
+    assert q[2, BAND_BINS] == pytest.approx(q[1, BAND_BINS] + q[0, BAND_BINS])
+    far = band_lookup(q, np.array([BAND_BINS, 1]), np.array([BAND_DEPTHS + 1, 0]))
+    assert far[0] == pytest.approx(q[BAND_DEPTHS - 1, BAND_BINS] + 2 * q[0, BAND_BINS]) and far[1] == pytest.approx(q[0, 1])
+
+
+def test_a_rollouts_band_grows_with_the_segments_it_predicted(small_library):
+    index = TreeIndex(load_library(small_library))
+    sur = Surrogate(n_estimators=8).fit(segment_data(index))
+    from tmsim.simulate import Simulator, final_band
+
+    for o in Simulator(index, sur, replay=False).rollout(policy_pool()[0]):
+        lo, hi = final_band(o)
+        assert o.surrogate_segments >= 2 and lo < o.final_val_loss < hi
+        last = o.epochs[-1]
+        assert (last["val_lo"], last["val_hi"]) == pytest.approx((lo, hi))  # the last epoch's band spans the rollout
 
 
 def test_leave_one_task_out_over_surrogate_seeds(bundled):

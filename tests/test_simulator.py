@@ -10,6 +10,7 @@ from tmsim.policies import ConstantPolicy, OraclePolicy, RulesPolicy, SequencePo
 from tmsim.simulate import Simulator, final_band, summarize_rollouts
 from tmsim.traces import TreeIndex
 from tmsim.simulate import FEATURES, Surrogate, SurrogateError, segment_data
+from tmsim.simulate.surrogate import FORMAT
 from tmsim.traces import load_library
 
 
@@ -125,7 +126,7 @@ def test_corrupted_or_foreign_surrogate_files_are_refused(surrogate, tmp_path):
     with pytest.raises(SurrogateError, match=r"refuses to load unexpected type\(s\) \['posix.system'\]"):
         Surrogate.load(foreign)
     wrong = tmp_path / "wrong.skops"
-    sio.dump({"format": "tmsim-surrogate-2", "base": LinearRegression()}, wrong)
+    sio.dump({"format": FORMAT, "base": LinearRegression()}, wrong)
     with pytest.raises(SurrogateError, match="field 'effect' is missing or of the wrong type|field 'base'"):
         Surrogate.load(wrong)
     assert zipfile.is_zipfile(path)

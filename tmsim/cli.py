@@ -179,12 +179,14 @@ def _cmd_surrogate_fit(args: argparse.Namespace) -> int:
     lib = _load_lib(args.traces)
     sur = Surrogate(n_estimators=args.trees, seed=args.seed, model=args.model).fit(segment_data(TreeIndex(lib)))
     path = sur.save(args.out)
-    q = sur.q[1:]
     print(f"surrogate fitted on {sur.info['segments']} segments ({sur.info['rows']} epoch rows, "
           f"{sur.info['diverged_segments']} diverged) in {time.perf_counter() - t0:.1f} s -> {path}")
     print(f"tasks: {', '.join(sur.info['tasks'])}; effect calibration factor (val, train loss): "
           f"{sur.scale[0]:.2f}, {sur.scale[1]:.2f}")
-    print("80% band of log(val loss) per fifth of a segment ahead: " + ", ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in q))
+    print("80% band of log(val loss) per fifth of a segment ahead: "
+          + ", ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in sur.q[0, 1:]))
+    print("... at the end of the 1st, 2nd, ... predicted segment of a rollout: "
+          + ", ".join(f"[{lo:+.3f}, {hi:+.3f}]" for lo, hi in sur.q[:, -1]))
     return 0
 
 

@@ -281,16 +281,18 @@ def _by_task_and_scenario(index: TreeIndex, roots: list[str]) -> tuple[dict[str,
             _groups(index, roots, lambda m: f"{m['task']}/{m['scenario']}"))
 
 
-def _per_group(sims: list[dict[str, dict[str, float]]], true_scores: dict, groups: dict[str, list[str]]) -> dict:
+def _per_group(index: TreeIndex, sims: list[dict[str, dict[str, float]]], true_scores: dict,
+               groups: dict[str, list[str]]) -> dict:
     """Each group's rank agreement within its own roots, as the mean over ``sims`` (one simulated
-    ``{policy: {root: score}}`` per surrogate seed), with its root count and flag."""
+    ``{policy: {root: score}}`` per surrogate seed), with its root count, flag, and the group's own noise ceiling
+    (a task whose policies barely differ ranks near chance even between replicates of its own trees)."""
     out = {}
     for name, rs in groups.items():
         true_m = _mean_scores(true_scores, rs)
         agreements = [ranking_agreement(_mean_scores(sim, rs), true_m) for sim in sims]
         v = {key: _mean_sd([a[key] for a in agreements])[0]
              for key in ("kendall_tau", "kendall_tau_competitive", "spearman_rho", "regret_at_1")}
-        out[name] = {**v, "roots": len(rs), "flag": flag(v)}
+        out[name] = {**v, "roots": len(rs), "flag": flag(v), "noise_ceiling_tau": noise_ceiling(index, true_scores, rs)}
     return out
 
 
@@ -340,8 +342,8 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
         report["competitive_policies"] = per_seed[0]["competitive_policies"]
         bs = branch_summary(branch)
         report.update({f"{k}_task" if k != "branches" else "branches_task": v for k, v in bs.items()})
-        report["per_task"] = _per_group(sims, true_scores, by_task)
-        report["per_scenario"] = _per_group(sims, true_scores, by_scen)
+        report["per_task"] = _per_group(index, sims, true_scores, by_task)
+        report["per_scenario"] = _per_group(index, sims, true_scores, by_scen)
         report["kendall_tau_per_task"] = {t: v["kendall_tau"] for t, v in report["per_task"].items()}
         report["flagged"] = _flagged(report["per_task"], report["per_scenario"])
         report["sim_top_task"], report["true_top"] = per_seed[0]["sim_top"], per_seed[0]["true_top"]
@@ -459,7 +461,7 @@ def measure_transfer(index: TreeIndex, surrogate, cfg: FidelityConfig | None = N
     branch = _branch_errors(index, surrogate, roots, cfg)
     by_task, by_scen = _by_task_and_scenario(index, roots)
     tasks = sorted(by_task)
-    per_task, per_scenario = _per_group([sim_scores], true_scores, by_task), _per_group([sim_scores], true_scores, by_scen)
+    per_task, per_scenario = _per_group(index, [sim_scores], true_scores, by_task), _per_group(index, [sim_scores], true_scores, by_scen)
     out = {"policies": len(pool), "roots": len(roots), "roots_skipped": len(off), "tasks": tasks,
            "unseen_tasks": surrogate.unseen_tasks(tasks), "surrogate_tasks": surrogate.info.get("tasks"),
            **{k: v for k, v in agree.items()}, **branch_summary(branch),
@@ -502,7 +504,8 @@ def _per_lines(r: dict) -> list[str]:
             for name, v in r[key].items():
                 flag = "  FLAG" if v["flag"] else ""
                 lines.append(f"  {name:<28} rho {_f(v['spearman_rho']):>7}  tau {_f(v['kendall_tau']):>7}  "
-                             f"regret@1 {_f(v['regret_at_1']):>7}  ({v['roots']} roots){flag}")
+                             f"regret@1 {_f(v['regret_at_1']):>7}  noise ceiling {_f(v.get('noise_ceiling_tau')):>7}  "
+                             f"({v['roots']} roots){flag}")
     return lines
 
 

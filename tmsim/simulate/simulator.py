@@ -288,7 +288,8 @@ class Simulator:
             Xs.append(sf + af + horizon_features(d, nxt - d, ctx))
         X = np.asarray(X, float)
         Y = self.surrogate.predict(X)
-        q = self.surrogate.band(X)
+        # the band grows with the surrogate segments this rollout already went through (Surrogate.band)
+        q = self.surrogate.band(X, np.asarray([items[i][0].surrogate_segments for i, _ in owners], int))
         p_div = self.surrogate.p_diverge(np.asarray(Xs, float))
         base = {i: dict(o.epochs[-1]) for i, (o, _, _) in enumerate(items)}
         for (i, k), y, (qlo, qhi) in zip(owners, Y, q):
@@ -310,12 +311,8 @@ class Simulator:
                 o.epochs[-1]["diverged"] = True
                 o.diverged = o.done = True
             last = o.epochs[-1]
-            # Bands of successive segments compound. Errors of one rollout's segments are correlated (the same
-            # state misread twice), so their log-widths add, rather than in quadrature as independent ones would.
-            lo, hi = math.log(last["val_lo"] / last["val_loss"]), math.log(last["val_hi"] / last["val_loss"])
-            if o.band is not None:
-                lo, hi = lo + o.band[0], hi + o.band[1]
-            o.band = (lo, hi)
+            # The band of the segment's last epoch already spans every surrogate segment of this rollout.
+            o.band = (math.log(last["val_lo"] / last["val_loss"]), math.log(last["val_hi"] / last["val_loss"]))
 
     def _hp_in_force(self, o: Rollout) -> Hyperparams:
         """The hyperparameters of the last epoch trained (before the action just validated)."""

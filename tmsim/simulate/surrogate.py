@@ -247,7 +247,12 @@ def action_features(old: Hyperparams, new: Hyperparams) -> list[float]:
 class SegmentData:
     """Training rows: ``X`` (one row per segment epoch), ``Y`` targets, ``E`` the same targets minus those of the
     do-nothing continuation from the same fork (NaN where that pair is missing), ``cont`` (row is a do-nothing
-    segment), ``groups`` (tree id, for splitting), and per-segment ``Xs``/``div`` for the divergence classifier."""
+    segment), ``groups`` (tree id, for splitting), and per-segment ``Xs``/``div`` for the divergence classifier.
+
+    The chain of segments a recorded path went through is kept for the multi-segment band: ``seg`` (per row, the
+    index of its segment in ``Xs``), and per segment ``prev`` (the segment that led to the state it starts from, -1
+    at a root's first decision or where that segment is not in the data) and ``end`` (the row of its last epoch,
+    -1 when the segment stopped early)."""
 
     X: np.ndarray
     Y: np.ndarray
@@ -256,6 +261,9 @@ class SegmentData:
     groups: np.ndarray
     Xs: np.ndarray
     div: np.ndarray
+    seg: np.ndarray | None = None
+    prev: np.ndarray | None = None
+    end: np.ndarray | None = None
 
 
 #: Losses are floored here before log-ratios are taken: a regression run can fit its training rows exactly.
@@ -279,6 +287,7 @@ def segment_data(index, run_filter=None) -> SegmentData:
     noise: ``E`` holds it, and the surrogate learns it separately from the do-nothing trajectory.
     """
     X, Y, E, C, G, Xs, div = [], [], [], [], [], [], []
+    seg, end, starts, ends = [], [], [], {}
     for rid, meta in index.meta.items():
         if run_filter is not None and not run_filter(meta):
             continue
@@ -307,22 +316,31 @@ def segment_data(index, run_filter=None) -> SegmentData:
                     continue
                 trows = index[target]
                 af = action_features(hp, hp_new)
-                diverged = False
+                diverged, last = False, -1
                 for k in range(1, nxt - d + 1):
                     r = trows.get(d + k)
                     if r is None or r["diverged"] or r["val_loss"] is None or r["train_loss"] is None:
                         diverged = r is not None and bool(r["diverged"])
+                        last = -1
                         break
+                    last = len(X)
+                    seg.append(len(Xs))
                     y = _targets(r, now)
                     X.append(sf + af + horizon_features(d, k, ctx))
                     Y.append(y)
                     E.append([a - b for a, b in zip(y, cont[k])] if k in cont else [math.nan] * 4)
                     C.append(target == rid)
                     G.append(meta["root_run_id"])
+                # a segment starts from the state (run, epoch) that exactly one recorded segment ended in
+                starts.append((rid, d))
+                ends[(target, nxt)] = len(Xs)
+                end.append(last)
                 Xs.append(sf + af + horizon_features(d, nxt - d, ctx))
                 div.append(diverged)
+    prev = [ends.get(st, -1) for st in starts]
     return SegmentData(np.asarray(X, float), np.asarray(Y, float), np.asarray(E, float), np.asarray(C, bool),
-                       np.asarray(G), np.asarray(Xs, float), np.asarray(div, bool))
+                       np.asarray(G), np.asarray(Xs, float), np.asarray(div, bool),
+                       np.asarray(seg, int), np.asarray(prev, int), np.asarray(end, int))
 
 
 @runtime_checkable
@@ -336,7 +354,7 @@ class SurrogateModel(Protocol):
 
     def predict(self, X: np.ndarray) -> np.ndarray: ...
 
-    def band(self, X: np.ndarray) -> np.ndarray: ...
+    def band(self, X: np.ndarray, depth=0) -> np.ndarray: ...
 
     def p_diverge(self, Xs: np.ndarray) -> np.ndarray: ...
 
@@ -355,8 +373,63 @@ EFFECT_SCALE = (0.25, 3.0)
 BAND_BINS = 5
 
 
+#: Depths the band is calibrated for: a rollout's first surrogate segment (0) and the ones after it.
+BAND_DEPTHS = 4
+#: Fewer path residuals than this at a depth and bin, and the band there is extrapolated (``band_quantiles``).
+BAND_MIN_ROWS = 50
+
+
 def _band_bin(k_seg: np.ndarray) -> np.ndarray:
     return np.clip(np.ceil(np.asarray(k_seg, float) * BAND_BINS - 1e-9), 1, BAND_BINS).astype(int)
+
+
+def band_quantiles(resid: np.ndarray, data: SegmentData) -> np.ndarray:
+    """The 80% band, split-conformal along recorded paths: ``q[depth, bin]`` = the 10% and 90% quantiles of a
+    path residual, for an epoch in horizon bin ``bin`` of a segment reached after ``depth`` predicted segments.
+
+    ``resid`` holds out-of-fold residuals of ``dlog_val`` per row (recorded minus predicted, each segment predicted
+    from its recorded starting state). A rollout's error after ``depth`` segments is the sum of the errors of the
+    segments it chained, so the path residual of a row is its own residual plus the end-of-segment residuals of the
+    ``depth`` segments that led to its segment on the recorded path (``SegmentData.prev``/``end``). Summing the
+    residuals recorded on one path keeps the correlation between a path's segments as it was measured, instead of
+    assuming it (adding the widths assumes the errors always have the same sign, adding in quadrature that they
+    are independent). A depth and bin with fewer than ``BAND_MIN_ROWS`` residuals (a library of shallow trees)
+    takes the band of the depth before plus the one-segment band (the widths add: the cautious rule)."""
+    q = np.zeros((BAND_DEPTHS, BAND_BINS + 1, 2))
+    b = _band_bin(data.X[:, FEATURES.index("k_seg")])
+    path = resid.copy()
+    ok = ~np.isnan(path)
+    cur = data.seg.copy() if data.seg is not None else None
+    for depth in range(BAND_DEPTHS):
+        if depth > 0:
+            if cur is None:
+                ok[:] = False
+            else:
+                cur = np.where(cur >= 0, data.prev[np.maximum(cur, 0)], -1)  # the segment before
+                last = np.where(cur >= 0, data.end[np.maximum(cur, 0)], -1)  # ... and its last row
+                ok &= last >= 0
+                path = path + np.where(last >= 0, resid[np.maximum(last, 0)], np.nan)
+                ok &= ~np.isnan(path)
+        for h in range(1, BAND_BINS + 1):
+            r = path[(b == h) & ok]
+            if len(r) >= BAND_MIN_ROWS or (depth == 0 and len(r)):
+                q[depth, h] = np.quantile(r, [0.1, 0.9])
+            elif depth == 0:
+                q[depth, h] = (-0.1, 0.1)
+            else:
+                q[depth, h] = q[depth - 1, BAND_BINS] + q[0, h]
+        q[depth, 0] = q[depth, 1]
+    return q
+
+
+def band_lookup(q: np.ndarray, bins: np.ndarray, depth=0) -> np.ndarray:
+    """Rows of ``q`` (``band_quantiles``) for horizon ``bins`` at ``depth`` (an int or an array); past the last
+    calibrated depth, each further segment adds the one-segment band of the last bin (widths add)."""
+    bins = np.asarray(bins, int)
+    depth = np.broadcast_to(np.asarray(depth, int), bins.shape)
+    top = q.shape[0] - 1
+    extra = np.maximum(depth - top, 0)[:, None]
+    return q[np.minimum(depth, top), bins] + extra * q[0, BAND_BINS]
 
 
 class Surrogate:
@@ -380,7 +453,7 @@ class Surrogate:
                            seed=seed, model=model, band_groups=band_groups,
                            calibrate_effects=calibrate_effects, exclude=list(exclude))
         self.base = self.effect = self.clf = None
-        self.q = None  # (BAND_BINS + 1, 2): residual quantiles of dlog_val per horizon bin (row 0 unused)
+        self.q = None  # (BAND_DEPTHS, BAND_BINS + 1, 2): the band per depth and horizon bin (see band_quantiles)
         self.scale = np.ones(len(TARGETS))  # the effect model's out-of-fold stretch per target (see ``_calibrate``)
         self.info: dict = {}
         self.sha256: str | None = None  # the digest of the file this surrogate was saved to or loaded from
@@ -436,9 +509,10 @@ class Surrogate:
         if len(data.X) == 0 or not data.cont.any():
             raise ValueError("no recorded segments to fit the surrogate on")
         if self.params.get("exclude"):
-            data = SegmentData(self._mask(data.X), data.Y, data.E, data.cont, data.groups, self._mask(data.Xs), data.div)
+            data = SegmentData(self._mask(data.X), data.Y, data.E, data.cont, data.groups, self._mask(data.Xs), data.div,
+                               data.seg, data.prev, data.end)
         self.base, self.effect, self.clf = self._fit_models(data, self.params["n_estimators"])
-        self.q = np.tile([-0.1, 0.1], (BAND_BINS + 1, 1))
+        self.q = np.tile([-0.1, 0.1], (BAND_DEPTHS, BAND_BINS + 1, 1)) * np.arange(1, BAND_DEPTHS + 1)[:, None, None]
         tasks = sorted({task_of(g) for g in data.groups.tolist()})
         if calibrate:
             self.q, self.scale = self._calibrate(data, tasks)
@@ -489,22 +563,18 @@ class Surrogate:
         if not self.params["calibrate_effects"]:
             scale = np.ones(len(TARGETS))
         resid = resid - eff[:, 0] * scale[0]  # recorded minus (do-nothing + stretched effect)
-        b = _band_bin(data.X[:, FEATURES.index("k_seg")])
-        q = np.zeros((BAND_BINS + 1, 2))
-        for h in range(1, BAND_BINS + 1):
-            r = resid[(b == h) & ~np.isnan(resid)]
-            q[h] = np.quantile(r, [0.1, 0.9]) if len(r) else (-0.1, 0.1)
-        q[0] = q[1]
-        return q, scale
+        return band_quantiles(resid, data), scale
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Targets (``TARGETS`` order) for feature rows ``X``: the do-nothing trajectory plus the action's effect."""
         X = self._mask(X)
         return _predict(self.base, _no_action(X)) + _predict(self.effect, X) * self.scale
 
-    def band(self, X: np.ndarray) -> np.ndarray:
-        """(n, 2) residual quantiles of ``dlog_val`` for feature rows ``X`` (by their horizon in the segment)."""
-        return self.q[_band_bin(X[:, FEATURES.index("k_seg")])]
+    def band(self, X: np.ndarray, depth=0) -> np.ndarray:
+        """(n, 2) 80% band of ``dlog_val`` (the low and high quantile of recorded minus predicted) for feature rows
+        ``X``, by their place in the segment and ``depth``, the number of surrogate segments the rollout predicted
+        before this one (an int or one per row; see ``band_quantiles``)."""
+        return band_lookup(self.q, _band_bin(X[:, FEATURES.index("k_seg")]), depth)
 
     def p_diverge(self, Xs: np.ndarray) -> np.ndarray:
         if self.clf is None or len(Xs) == 0:
@@ -575,6 +645,8 @@ class Surrogate:
         for key, typ in expect.items():
             if key not in state or not isinstance(state[key], typ):
                 raise SurrogateError(f"{path}: field {key!r} is missing or of the wrong type")
+        if state["q"].ndim != 3 or state["q"].shape[1:] != (BAND_BINS + 1, 2):
+            raise SurrogateError(f"{path}: field 'q' is not a band of shape (depths, {BAND_BINS + 1}, 2)")
         if json.loads(state["features"]) != FEATURES:
             raise SurrogateError(f"{path}: field 'features' does not match this tmsim; refit the surrogate")
         try:
@@ -599,7 +671,7 @@ class Surrogate:
 DIGEST_FORMAT = "tmsim-surrogate-digest-1"
 #: The surrogate file format; a file of another format (an older band or feature layout) is refused, and refitted
 #: where it sits in the cache.
-FORMAT = "tmsim-surrogate-2"
+FORMAT = "tmsim-surrogate-3"
 
 
 def digest_path(path: str | Path) -> Path:
