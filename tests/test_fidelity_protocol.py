@@ -179,9 +179,10 @@ def test_leave_one_task_out_over_surrogate_seeds(bundled):
     assert set(r["per_scenario"]) == {"digits-mlp/plateau", "friedman-mlp/plateau"}
     for v in list(r["per_task"].values()) + list(r["per_scenario"].values()):
         assert v["flag"] == (v["spearman_rho"] is None or v["spearman_rho"] < 0.7 or v["kendall_tau"] < 0.4)
+        assert v["noise_ceiling_tau"] is None or -1 <= v["noise_ceiling_tau"] <= 1  # the group's own, from replicates
     assert set(r["flagged"]) == {k for k, v in {**r["per_task"], **r["per_scenario"]}.items() if v["flag"]}
     text = format_report(r)
-    assert "leave one task out" in text and "per scenario" in text
+    assert "leave one task out" in text and "per scenario" in text and "noise ceiling" in text
 
 
 def test_fidelity_command_takes_the_split_and_model(deep_library, tmp_path, capsys):
