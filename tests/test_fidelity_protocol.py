@@ -147,7 +147,8 @@ def test_the_band_sums_the_residuals_recorded_along_each_path():
     # no three-segment path was recorded: depth 2 extrapolates (the widths add), and so does every depth past the last
     assert q[2, BAND_BINS] == pytest.approx(q[1, BAND_BINS] + q[0, BAND_BINS])
     far = band_lookup(q, np.array([BAND_BINS, 1]), np.array([BAND_DEPTHS + 1, 0]))
-    assert far[0] == pytest.approx(q[BAND_DEPTHS - 1, BAND_BINS] + 2 * q[0, BAND_BINS]) and far[1] == pytest.approx(q[0, 1])
+    assert far[0] == pytest.approx(q[BAND_DEPTHS - 1, BAND_BINS] + 2 * q[0, BAND_BINS])
+    assert far[1] == pytest.approx(q[0, 1])
 
 
 def test_a_rollouts_band_grows_with_the_segments_it_predicted(small_library):

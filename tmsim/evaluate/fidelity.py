@@ -461,7 +461,8 @@ def measure_transfer(index: TreeIndex, surrogate, cfg: FidelityConfig | None = N
     branch = _branch_errors(index, surrogate, roots, cfg)
     by_task, by_scen = _by_task_and_scenario(index, roots)
     tasks = sorted(by_task)
-    per_task, per_scenario = _per_group(index, [sim_scores], true_scores, by_task), _per_group(index, [sim_scores], true_scores, by_scen)
+    per_task = _per_group(index, [sim_scores], true_scores, by_task)
+    per_scenario = _per_group(index, [sim_scores], true_scores, by_scen)
     out = {"policies": len(pool), "roots": len(roots), "roots_skipped": len(off), "tasks": tasks,
            "unseen_tasks": surrogate.unseen_tasks(tasks), "surrogate_tasks": surrogate.info.get("tasks"),
            **{k: v for k, v in agree.items()}, **branch_summary(branch),

@@ -24,7 +24,7 @@ import hashlib
 import json
 import logging
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -509,8 +509,7 @@ class Surrogate:
         if len(data.X) == 0 or not data.cont.any():
             raise ValueError("no recorded segments to fit the surrogate on")
         if self.params.get("exclude"):
-            data = SegmentData(self._mask(data.X), data.Y, data.E, data.cont, data.groups, self._mask(data.Xs), data.div,
-                               data.seg, data.prev, data.end)
+            data = replace(data, X=self._mask(data.X), Xs=self._mask(data.Xs))
         self.base, self.effect, self.clf = self._fit_models(data, self.params["n_estimators"])
         self.q = np.tile([-0.1, 0.1], (BAND_DEPTHS, BAND_BINS + 1, 1)) * np.arange(1, BAND_DEPTHS + 1)[:, None, None]
         tasks = sorted({task_of(g) for g in data.groups.tolist()})
