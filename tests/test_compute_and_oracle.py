@@ -117,7 +117,8 @@ def test_oracle_is_an_upper_bound_exactly_on_full_trees(bundled):
     value is the best expected final of every recorded path, and removing one recorded branch makes it not full."""
     index = TreeIndex(load_library(bundled))
     covered = upper_bound_roots(index, index.roots)
-    full = {"digits-mlp", "diabetes-mlp", "friedman-mlp", "cancer-mlp", "friedman2-adam"}
+    full = {"digits-mlp", "diabetes-mlp", "friedman-mlp", "cancer-mlp", "friedman2-adam", "swissroll-adam",
+            "sparse-adam"}
     assert {g[0] for g in covered} == full and len(covered) == 20 * len(full)
     oracle = OraclePolicy(index)
     for r in [r for r in index.roots if index.meta[r]["group"] in covered][:9]:

@@ -19,6 +19,7 @@ for _name, _ref in (("digits-mlp", "tmsim.tasks.digits:DigitsMLP"), ("multiloss"
                     ("text-lm", "tmsim.tasks.textlm:TextLM"), ("diabetes-mlp", "tmsim.tasks.diabetes:DiabetesMLP"),
                     ("friedman-mlp", "tmsim.tasks.friedman:FriedmanMLP"), ("digits-cnn", "tmsim.tasks.digits_cnn:DigitsCNN"),
                     ("cancer-mlp", "tmsim.tasks.cancer:CancerMLP"), ("friedman2-adam", "tmsim.tasks.friedman2:Friedman2Adam"),
+                    ("swissroll-adam", "tmsim.tasks.swissroll:SwissRollAdam"), ("sparse-adam", "tmsim.tasks.sparse:SparseAdam"),
                     ("pendulum-ppo", "tmsim.tasks.rl:PendulumPPO"), ("reacher-ppo", "tmsim.tasks.rl:ReacherPPO")):
     TASKS.register(_name, _ref)
 
