@@ -182,8 +182,12 @@ def test_leave_one_task_out_over_surrogate_seeds(bundled):
         assert v["flag"] == (v["spearman_rho"] is None or v["spearman_rho"] < 0.7 or v["kendall_tau"] < 0.4)
         assert v["noise_ceiling_tau"] is None or -1 <= v["noise_ceiling_tau"] <= 1  # the group's own, from replicates
     assert set(r["flagged"]) == {k for k, v in {**r["per_task"], **r["per_scenario"]}.items() if v["flag"]}
+    # each held-out task's own branch figures add up to the pooled ones
+    assert sum(v["branches"] for v in r["per_task"].values()) == r["branches_task"]
+    assert sum(v["missed_divergences"] for v in r["per_task"].values()) == r["missed_divergences_task"]
+    assert all(v["coverage_80"] is None or 0 <= v["coverage_80"] <= 1 for v in r["per_task"].values())
     text = format_report(r)
-    assert "leave one task out" in text and "per scenario" in text and "noise ceiling" in text
+    assert "leave one task out" in text and "per scenario" in text and "noise ceiling" in text and "coverage" in text
 
 
 def test_fidelity_command_takes_the_split_and_model(deep_library, tmp_path, capsys):

@@ -322,7 +322,7 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
     by_task, by_scen = _by_task_and_scenario(index, roots)
     tasks = sorted(by_task)
     if "task" in cfg.protocols and len(set(index.meta[r]["task"] for r in index.roots)) >= 2:
-        sims, branch = [], []
+        sims, branch, branch_by_task = [], [], {}
         for sseed in cfg.surrogate_seeds:
             sim: dict[str, dict[str, float]] = {p.policy_id: {} for p in pool}
             for t in tasks:
@@ -331,7 +331,8 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
                 for pid in s:
                     sim[pid].update(s[pid])
                 if sseed == cfg.surrogate_seeds[0]:
-                    branch += _branch_errors(index, sur, by_task[t], cfg)
+                    branch_by_task[t] = _branch_errors(index, sur, by_task[t], cfg)
+                    branch += branch_by_task[t]
                 progress(f"leave-one-task-out: {t} (surrogate seed {sseed}) done")
             sims.append(sim)
         per_seed = [ranking_agreement(_mean_scores(sim, roots), true_m) for sim in sims]
@@ -343,6 +344,10 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
         bs = branch_summary(branch)
         report.update({f"{k}_task" if k != "branches" else "branches_task": v for k, v in bs.items()})
         report["per_task"] = _per_group(index, sims, true_scores, by_task)
+        for t, b in branch_by_task.items():  # the held-out task's own share of the branch figures
+            bt = branch_summary(b)
+            report["per_task"][t].update({k: bt[k] for k in ("branches", "coverage_80", "coverage_80_finite",
+                                                             "missed_divergences", "recorded_divergences")})
         report["per_scenario"] = _per_group(index, sims, true_scores, by_scen)
         report["kendall_tau_per_task"] = {t: v["kendall_tau"] for t, v in report["per_task"].items()}
         report["flagged"] = _flagged(report["per_task"], report["per_scenario"])
@@ -504,9 +509,10 @@ def _per_lines(r: dict) -> list[str]:
             lines.append(f"{title} (FLAG: Spearman rho below {RHO_FLAG} or Kendall tau below {TAU_FLAG}):")
             for name, v in r[key].items():
                 flag = "  FLAG" if v["flag"] else ""
+                cov = f"  coverage {_f(v['coverage_80']):>7}" if "coverage_80" in v else ""
                 lines.append(f"  {name:<28} rho {_f(v['spearman_rho']):>7}  tau {_f(v['kendall_tau']):>7}  "
-                             f"regret@1 {_f(v['regret_at_1']):>7}  noise ceiling {_f(v.get('noise_ceiling_tau')):>7}  "
-                             f"({v['roots']} roots){flag}")
+                             f"regret@1 {_f(v['regret_at_1']):>7}  noise ceiling {_f(v.get('noise_ceiling_tau')):>7}"
+                             f"{cov}  ({v['roots']} roots){flag}")
     return lines
 
 
