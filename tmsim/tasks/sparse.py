@@ -17,7 +17,7 @@ Scenarios (each a family; every seed draws its own member):
 - ``overfit``: a wide MLP on 30-50 rows: the distractors and the noise are memorised and validation MSE climbs.
 - ``diverge``: an Adam LR far too high: the loss jumps about and ends above a sensible run's; lowering the LR helps.
 - ``plateau``: an Adam LR far too low: validation MSE creeps down and the run ends under-trained.
-- ``healthy``: a small MLP on 600-900 rows with a sensible LR and light regularisation: leave it alone.
+- ``healthy``: a small MLP on 650-900 rows with a sensible LR and light regularisation: leave it alone.
 """
 from __future__ import annotations
 
