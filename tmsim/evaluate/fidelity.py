@@ -322,7 +322,7 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
     by_task, by_scen = _by_task_and_scenario(index, roots)
     tasks = sorted(by_task)
     if "task" in cfg.protocols and len(set(index.meta[r]["task"] for r in index.roots)) >= 2:
-        sims, branch, branch_by_task = [], [], {}
+        sims, branch_by_task = [], {}
         for sseed in cfg.surrogate_seeds:
             sim: dict[str, dict[str, float]] = {p.policy_id: {} for p in pool}
             for t in tasks:
@@ -332,7 +332,6 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
                     sim[pid].update(s[pid])
                 if sseed == cfg.surrogate_seeds[0]:
                     branch_by_task[t] = _branch_errors(index, sur, by_task[t], cfg)
-                    branch += branch_by_task[t]
                 progress(f"leave-one-task-out: {t} (surrogate seed {sseed}) done")
             sims.append(sim)
         per_seed = [ranking_agreement(_mean_scores(sim, roots), true_m) for sim in sims]
@@ -341,7 +340,7 @@ def measure(index: TreeIndex, cfg: FidelityConfig | None = None, progress=print)
             report[f"{key}_task"], report[f"{key}_task_sd"] = mean, sd
         report["kendall_tau_task_seeds"] = [a["kendall_tau"] for a in per_seed]
         report["competitive_policies"] = per_seed[0]["competitive_policies"]
-        bs = branch_summary(branch)
+        bs = branch_summary([b for bt in branch_by_task.values() for b in bt])
         report.update({f"{k}_task" if k != "branches" else "branches_task": v for k, v in bs.items()})
         report["per_task"] = _per_group(index, sims, true_scores, by_task)
         for t, b in branch_by_task.items():  # the held-out task's own share of the branch figures

@@ -68,6 +68,7 @@ class AdamMLPRegression(MSERegression):
     scenario member's ``n_train`` training rows (``regression_split``: a fixed seed-0 permutation, standardised with
     training statistics)."""
 
+    model_descriptor = "MLP regressor (ReLU, dropout), Adam with coupled L2"
     n_features: int
     n_val: int = 250
     n_test: int = 250

@@ -28,10 +28,9 @@ _ROWS, _NOISE, _DATA_SEED = 1_200, 120.0, 1
 
 class Friedman2Adam(AdamMLPRegression):
     name = "friedman2-adam"
-    model_descriptor = "MLP regressor (ReLU, dropout), Adam with coupled L2"
     dataset_descriptor = (f"sklearn make_friedman2 ({_ROWS} x 4, noise {_NOISE}, random_state {_DATA_SEED}), "
                           "standardised, fixed split")
-    n_features, n_val, n_test = 4, 250, 250
+    n_features = 4
 
     SCENARIOS = adam_regression_families(
         small_rows=(65, 50, 80), rows=(600, 500, 700), diverge_lr=(0.12, 0.09, 0.16), plateau_lr=(3e-5, 2e-5, 5e-5),

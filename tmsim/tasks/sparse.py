@@ -28,10 +28,9 @@ _ROWS, _DATA_SEED = 1_400, 4
 
 class SparseAdam(AdamMLPRegression):
     name = "sparse-adam"
-    model_descriptor = "MLP regressor (ReLU, dropout), Adam with coupled L2"
     dataset_descriptor = (f"sklearn make_sparse_uncorrelated ({_ROWS} x 10, 4 informative, random_state {_DATA_SEED}), "
                           "standardised, fixed split")
-    n_features, n_val, n_test = 10, 250, 250
+    n_features = 10
 
     SCENARIOS = adam_regression_families(
         small_rows=(40, 30, 50), rows=(800, 650, 900), diverge_lr=(0.06, 0.04, 0.1), plateau_lr=(3e-5, 1.5e-5, 4e-5),
@@ -40,4 +39,4 @@ class SparseAdam(AdamMLPRegression):
     def table(self):
         from sklearn.datasets import make_sparse_uncorrelated
 
-        return make_sparse_uncorrelated(n_samples=_ROWS, n_features=10, random_state=_DATA_SEED)
+        return make_sparse_uncorrelated(n_samples=_ROWS, n_features=self.n_features, random_state=_DATA_SEED)

@@ -28,10 +28,9 @@ _ROWS, _NOISE, _DATA_SEED = 1_400, 2.5, 2
 
 class SwissRollAdam(AdamMLPRegression):
     name = "swissroll-adam"
-    model_descriptor = "MLP regressor (ReLU, dropout), Adam with coupled L2"
     dataset_descriptor = (f"sklearn make_swiss_roll ({_ROWS} x 3, noise {_NOISE}, random_state {_DATA_SEED}), "
                           "target the position along the roll, standardised, fixed split")
-    n_features, n_val, n_test = 3, 250, 250
+    n_features = 3
 
     SCENARIOS = adam_regression_families(
         small_rows=(65, 50, 80), rows=(800, 650, 900), diverge_lr=(0.15, 0.1, 0.22), plateau_lr=(4e-5, 2.5e-5, 6e-5),
