@@ -1,5 +1,12 @@
 """Recording on Ray: a local Ray instance started by the recorder writes the same trace content as the local pool,
-and a Ray worker killed mid-tree neither loses nor duplicates a branch."""
+and a Ray worker killed mid-tree neither loses nor duplicates a branch.
+
+The comparisons are exact because the recorder pins what makes them identical (``tmsim.record_ray``'s module docs):
+every tree trains with one torch thread in either executor (``record_tree``, ``record_trainer_tree``), each Ray task
+runs with the recorder's own ATen CPU kernels and one OpenMP/MKL thread (``pinned_env``, its ``runtime_env``), and
+the Ray instance is a fresh local one (never a cluster left running by a ``ray start``), so both recordings run the
+same kernels with the same thread count on the same CPU, under ``ATEN_CPU_CAPABILITY=default`` too.
+``test_ray_tasks_run_with_the_recorders_kernels_and_one_thread`` checks those pins in a Ray task itself."""
 import os
 import signal
 import subprocess
@@ -45,7 +52,41 @@ def local(tmp_path_factory):
     return _content(out)
 
 
+def test_ray_tasks_run_with_the_recorders_kernels_and_one_thread(monkeypatch):
+    """What the exact comparisons below rest on: a tree task gets the recorder's ATen kernel set (under
+    ``ATEN_CPU_CAPABILITY=default`` too) and one OpenMP/MKL thread, so one torch thread, the count the recording
+    functions also pin in every executor (``record_tree``, ``record_trainer_tree``)."""
+    import torch
+
+    from tmsim.record_ray import run_trees
+
+    def settings():  # defined here: Ray ships it by value (the worker cannot import this test module)
+        import os
+
+        import pyarrow as pa
+        import torch
+
+        from tmsim.record_ray import _to_ipc
+
+        t = pa.table({"capability": [torch.backends.cpu.get_cpu_capability()], "threads": [torch.get_num_threads()],
+                      "omp": [os.environ.get("OMP_NUM_THREADS")], "mkl": [os.environ.get("MKL_NUM_THREADS")]})
+        return _to_ipc(t), _to_ipc(t)
+
+    mine = torch.backends.cpu.get_cpu_capability()  # fixed for this process once read
+    # the environment the workers would inherit names other kernels: only the pin gives them this process's
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2" if mine == "DEFAULT" else "default")
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    got = {}
+    failed = run_trees(settings, [("k", "tmsim-settings", 0.0, ())],
+                       lambda key, a, b: got.update(a.to_pylist()[0]), retries=0)
+    assert failed == [] and ray.is_initialized() is False
+    assert got["capability"] == mine
+    assert (got["omp"], got["mkl"], got["threads"]) == ("1", "1", 1)
+
+
 def test_ray_records_the_same_trace_content_as_the_local_pool(local, tmp_path):
+    """Identical content, timing columns aside: pinned as the module docs say."""
     _record(tmp_path / "ray", "--executor", "ray")
     got = _content(tmp_path / "ray")
     assert got["runs"].num_rows == local["runs"].num_rows == 12
@@ -62,6 +103,7 @@ def _tree_workers():
 
 
 def test_a_killed_ray_worker_loses_and_duplicates_no_branch(local, tmp_path):
+    """The retried tree is the local pool's exactly (pinned as the module docs say)."""
     proc = _record(tmp_path / "ray", "--executor", "ray", wait=False)
     killed = None
     deadline = time.time() + 120
@@ -93,6 +135,9 @@ def test_an_unknown_executor_is_refused():
 
 
 def test_trees_of_a_users_trainer_on_ray_match_the_local_recording(tmp_path):
+    """Identical content, timing columns aside: the local recording trains in the recorder's process and the Ray one
+    in a worker, both with one torch thread (``record_trainer_tree``), the worker with the recorder's kernels; the
+    example factory runs on the CPU and seeds its model and its Trainer (``seed``)."""
     from tmsim.cli import REPO
 
     args = ["--trainer", f"{REPO / 'examples' / 'hf_trainer_tree.py'}:make_trainer", "--seeds", "0", "--depth", "1",

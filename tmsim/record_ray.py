@@ -1,8 +1,9 @@
 """Recording on a Ray cluster: ``tmsim record --executor ray [--ray-address ADDR]``.
 
 Recording is embarrassingly parallel, one tree per task: each tree is a Ray task that trains it (``record_tree``,
-the same function the local pool runs, one torch thread) and returns its two tables as Arrow IPC bytes. The
-recorder (the driver) writes each tree's files itself, atomically and once, when its result arrives, so:
+the same function the local pool runs, with one torch thread and the recorder's CPU kernels: see below) and returns
+its two tables as Arrow IPC bytes. The recorder (the driver) writes each tree's files itself, atomically and once,
+when its result arrives, so:
 
 - the library holds exactly the trees the local pool would write (same spec, same machine kind: same content; only
   the timing columns differ), under the same lock, skipping trees already recorded with the same recipe;
@@ -15,8 +16,19 @@ Trees of a user's Trainer (``tmsim record --trainer ... --executor ray [--gpus-p
 task per seed, the factory loaded in the worker (its file must be reachable there: the same path on a local or
 shared-filesystem cluster, or a Ray ``runtime_env``), checkpoints in the worker's temporary directory.
 
-The cluster is the one at ``address`` (else ``RAY_ADDRESS``); without either a local Ray instance is started for
-the recording and stopped after it. Ray is an optional extra: ``pip install 'tmsim[ray]'``.
+The cluster is the one at ``address`` (else ``RAY_ADDRESS``); without either a fresh local Ray instance is started
+for the recording and stopped after it (``address="local"``: never a cluster some other ``ray start`` left running,
+whose workers would not share the recorder's environment). Ray is an optional extra: ``pip install 'tmsim[ray]'``.
+
+**What makes a Ray tree the local pool's tree.** Floating-point results depend on the CPU kernels and the thread
+count, and a Ray worker is not started the way a local worker is: Ray sets ``OMP_NUM_THREADS`` from the task's CPUs,
+and a cluster's workers inherit the cluster's environment, not the recorder's. So each tree task is pinned to what
+the local recording uses (``pinned_env``, passed as the task's ``runtime_env``, so it holds before torch is
+imported): the recorder's own ATen kernel set (``ATEN_CPU_CAPABILITY``: e.g. ``avx2``, or ``default`` where the
+recorder runs under ``ATEN_CPU_CAPABILITY=default``) and one OpenMP/MKL thread; and the recording functions pin one
+torch thread in every executor, local or Ray (``record_tree``, ``record_trainer_tree``). On workers of the
+recorder's machine kind (a CPU that offers those kernels) a tree's content is then the local one's exactly; on a CPU
+without them, or on a GPU, only in distribution.
 """
 from __future__ import annotations
 
@@ -27,6 +39,28 @@ from typing import Callable
 import pyarrow as pa
 
 from .tasks import TASKS, get_task
+
+
+#: ``torch.backends.cpu.get_cpu_capability()`` -> the ``ATEN_CPU_CAPABILITY`` value that selects those kernels.
+_CAPABILITY_ENV = {"DEFAULT": "default", "NO AVX": "default", "AVX2": "avx2", "AVX512": "avx512", "VSX": "vsx",
+                   "Z VECTOR": "zvector", "SVE256": "sve256"}
+
+
+def pinned_env() -> dict[str, str]:
+    """The environment of every tree task: the recorder's own ATen CPU kernels and one OpenMP/MKL thread (module
+    docs).
+
+    >>> env = pinned_env()
+    >>> env["OMP_NUM_THREADS"], env["MKL_NUM_THREADS"], env.get("ATEN_CPU_CAPABILITY") in _CAPABILITY_ENV.values()
+    ('1', '1', True)
+    """
+    import torch
+
+    env = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    cap = _CAPABILITY_ENV.get(torch.backends.cpu.get_cpu_capability())
+    if cap is not None:
+        env["ATEN_CPU_CAPABILITY"] = cap
+    return env
 
 
 def _to_ipc(table: pa.Table) -> bytes:
@@ -87,15 +121,17 @@ def run_trees(fn, jobs: list, write: Callable, retries: int, address: str | None
     if started:
         if address:
             ray.init(address=address, log_to_driver=False)
-        else:
-            ray.init(include_dashboard=False, log_to_driver=False, object_store_memory=256 * 1024 * 1024,
-                     num_cpus=os.cpu_count() or 1)
+        else:  # "local": a fresh instance, never one a `ray start` left running (its workers' environment is not ours)
+            ray.init(address="local", include_dashboard=False, log_to_driver=False,
+                     object_store_memory=256 * 1024 * 1024, num_cpus=os.cpu_count() or 1)
     failed: list[tuple[object, str]] = []
     try:
         remote = ray.remote(max_retries=retries, retry_exceptions=False)(fn)
+        runtime_env = {"env_vars": pinned_env()}
         pending = {}
         for key, name, gpus, args in jobs:
-            ref = remote.options(num_cpus=0 if gpus else 1, num_gpus=gpus, name=name).remote(*args)
+            ref = remote.options(num_cpus=0 if gpus else 1, num_gpus=gpus, name=name,
+                                 runtime_env=runtime_env).remote(*args)
             pending[ref] = key
         while pending:
             done, _ = ray.wait(list(pending), num_returns=1, timeout=1.0)

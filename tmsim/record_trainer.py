@@ -21,6 +21,11 @@ with an evaluation cadence: ``eval_strategy="steps"`` or ``"epoch"``). tmsim cal
    nothing. A run whose evaluation loss is not finite or above 3x the initial one is stopped and marked diverged.
 4. **Writing** is the recorder's: one tree per seed, epochs first and runs last, atomically, under the recorder's
    lock on ``out``; a tree already on disk with the same recipe is skipped, so an interrupted recording resumes.
+5. **One torch thread.** A tree trains (and the probe measures) with one torch thread, in the recorder's process
+   and in a Ray task alike (``one_torch_thread``), as the bundled recorder does: the thread count changes
+   floating-point results, and a Ray task holds one CPU. With the CPU kernels ``tmsim.record_ray`` pins in its
+   tasks, ``--executor ray`` on the recorder's machine kind writes the local recording's content exactly (timing
+   columns aside); a tree trained on a GPU matches only in distribution.
 
 Checkpoints live in ``OUT/.tmsim-trainer-work/`` while the tree is recorded and are removed after it.
 """
@@ -34,6 +39,7 @@ import math
 import shutil
 import sys
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -52,6 +58,25 @@ FORK_KNOBS = "tmsim_fork.json"
 Branch = tuple[tuple[int, str], ...]
 #: Optimizer steps the probe trains to measure the step time.
 PROBE_STEPS = 3
+
+
+@contextmanager
+def one_torch_thread():
+    """One torch thread inside, the previous count restored after (module docs, point 5).
+
+    >>> import torch
+    >>> with one_torch_thread():
+    ...     torch.get_num_threads()
+    1
+    """
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_factory(ref: str) -> Callable[..., Any]:
@@ -253,7 +278,8 @@ def plan_trainer_tree(spec: TrainerTreeSpec, work: Path, factory=None, probe: bo
         trainer.args.eval_strategy = "no"
         trainer.args.save_strategy = "no"
         trainer.add_callback(Clock())
-        trainer.train()
+        with one_torch_thread():  # the step time the trees will train at
+            trainer.train()
         if len(times) >= 2:
             plan.step_seconds = (times[-1] - times[0]) / (len(times) - 1)
     return plan
@@ -389,7 +415,13 @@ def _apply_at_begin(action: str, fork: Path):
 
 def record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | None = None, factory=None,
                         progress: Callable[[str], None] | None = None) -> tuple[pa.Table, pa.Table]:
-    """Train the tree for real and return its (runs, epochs) tables (module docs)."""
+    """Train the tree for real, with one torch thread, and return its (runs, epochs) tables (module docs)."""
+    with one_torch_thread():
+        return _record_trainer_tree(spec, out, plan, factory, progress)
+
+
+def _record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | None, factory,
+                         progress: Callable[[str], None] | None) -> tuple[pa.Table, pa.Table]:
     say = progress or (lambda msg: None)
     factory = factory or load_factory(spec.trainer)
     work = out / ".tmsim-trainer-work" / f"{spec.task}-{spec.scenario}-s{spec.seed}"
