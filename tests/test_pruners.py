@@ -1,8 +1,10 @@
-"""Optuna's pruners as stop policies: optuna's own decisions on a study built from other seeds, one trial per run,
-and a clear refusal when the optuna extra is missing."""
+"""Optuna's pruners as stop policies: optuna's own decisions on a study built from other seeds, one trial per run;
+optuna is a base dependency (the default board runs every bundled spec), and an install that lacks it all the same
+gets a clear refusal."""
 import json
 import sys
 
+import optuna  # a base dependency: an install without it fails here instead of skipping the module
 import pytest
 
 from tmsim.core import Bounds
@@ -12,7 +14,6 @@ from tmsim.policies.pruners import MissingExtraError
 from tmsim.simulate import Simulator
 from tmsim.traces import TreeIndex, load_library
 
-optuna = pytest.importorskip("optuna")
 REPO_POLICIES = ["optuna-median", "optuna-sha", "optuna-hyperband", "optuna-threshold", "optuna-patient"]
 
 
@@ -123,6 +124,19 @@ def test_threshold_pruner_on_diverging_runs_saves_compute_and_loses_nothing(inde
         if o.stopped_at is not None:
             v0 = o.epochs[0]["val_loss"]
             assert any(not (r["val_loss"] <= v0) for r in o.epochs[1:]), o.root
+
+
+def test_optuna_is_a_base_dependency_and_the_extra_an_alias():
+    """The base install runs every spec in policies/: optuna is in the project's dependencies, at the version the
+    ``optuna`` extra pins (kept, so that ``pip install 'tmsim[optuna]'`` still works)."""
+    import tomllib
+
+    from tmsim.cli import REPO
+
+    project = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))["project"]
+    assert "optuna==5.0.0" in project["dependencies"]
+    assert project["optional-dependencies"]["optuna"] == ["optuna==5.0.0"]
+    assert optuna.__version__ == "5.0.0"
 
 
 def test_bundled_specs_build_and_only_stop(index):

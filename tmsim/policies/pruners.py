@@ -32,8 +32,10 @@ on:
   absolute threshold cannot fit every task (default ``upper_factor = 1.0``: prune a run whose validation loss rises
   above where it started); ``patience`` (patient only, default 3).
 
-optuna is an optional extra (``pip install 'tmsim[optuna]'``); without it, building the policy raises
-``MissingExtraError`` with that command, and the leaderboard skips the policy and says so.
+optuna (pinned, 5.0.0) is a base dependency of tmsim, so every install runs the bundled ``policies/optuna-*.toml``
+specs. An install without it all the same (``pip install --no-deps``) gets ``MissingExtraError`` when building the
+policy, naming ``pip install 'tmsim[optuna]'`` (the extra is kept for that), and the leaderboard skips the policy and
+says so.
 
 Example
 -------
@@ -67,14 +69,15 @@ EXTRA_HINT = "pip install 'tmsim[optuna]'"
 
 
 class MissingExtraError(ValueError):
-    """A policy needs an optional dependency that is not installed; the message names the extra to install."""
+    """A policy needs a dependency that is not installed; the message names the extra that installs it."""
 
 
 def _optuna():
     try:
         import optuna
     except ImportError:
-        raise MissingExtraError(f"the optuna pruner policies need optuna, an optional extra: {EXTRA_HINT}") from None
+        raise MissingExtraError(f"the optuna pruner policies need optuna, a dependency of tmsim missing from this "
+                                f"install: {EXTRA_HINT}") from None
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     return optuna
 
