@@ -8,10 +8,9 @@ run's weight decay as a coupled L2 term) and the split (``regression_split``) ar
 
 Example
 -------
->>> fam = adam_regression_families(small_rows=(65, 50, 80), rows=(600, 500, 700), diverge_lr=(0.12, 0.09, 0.16),
-...                                plateau_lr=(3e-5, 2e-5, 5e-5), healthy_hidden=[[64, 64], [96, 48], [128]])
->>> sorted(fam), fam["plateau"].hparams.lr
-(['diverge', 'healthy', 'overfit', 'plateau'], 3e-05)
+>>> fam = adam_regression_families(small_rows=(50, 80), rows=(500, 700), healthy_hidden=[[64, 64], [96, 48], [128]])
+>>> sorted(fam), fam["plateau"].family["lr"] == fam["overfit"].family["lr"]
+(['diverge', 'healthy', 'overfit', 'plateau'], True)
 """
 from __future__ import annotations
 
@@ -19,48 +18,40 @@ import torch
 from torch import nn
 
 from .base import Hyperparams, MSERegression, Scenario, adam
+from .hidden import overlapping_families
 from .diabetes import regression_split
 from .digits import mlp
 
-_BETAS = [(0.9, 0.999), (0.9, 0.99)]
+def adam_regression_families(*, small_rows: tuple[int, int], rows: tuple[int, int], healthy_hidden: list[list[int]],
+                             memorised: str = "the noise is") -> dict[str, Scenario]:
+    """The four families of a plain-Adam regression task (library v5). Every family draws its learning rate, weight
+    decay, dropout, batch size and betas from the same ranges; what differs is hidden (``tmsim.tasks.hidden``):
+    ``small_rows`` is the range of training rows of ``overfit``, ``rows`` that of the other three;
+    ``healthy_hidden`` lists the widths of ``healthy`` and ``plateau``; ``memorised`` completes a description."""
+    wide = ("choice", [[256, 256], [384, 192], [320]])
+    return overlapping_families(Hyperparams(lr=2e-3, weight_decay=1e-4, dropout=0.05), SHARED_ADAM, {
+        "overfit": (f"a wide MLP on {small_rows[0]}-{small_rows[1]} rows, with noisy targets from a drawn epoch on: "
+                    f"{memorised} memorised and validation MSE climbs",
+                    {"hidden": [256, 256], "n_train": small_rows[0]},
+                    {"hidden": wide, "n_train": ("int", *small_rows), "label_noise": ("uniform", 0.5, 1.0),
+                     "noise_onset": ("int", 0, 12)}),
+        "diverge": ("features left unstandardised (scaled up 15-50x): Adam's first-layer steps are far too large, the "
+                    "loss jumps about and the run ends above a sensible one",
+                    {"hidden": [128, 128], "n_train": rows[0]},
+                    {"hidden": ("choice", [[2048], [3072], [4096]]), "n_train": ("int", *rows)}),
+        "plateau": ("features scaled down 50-200x: the first layer learns far too slowly and the run ends under-trained",
+                    {"hidden": healthy_hidden[0], "n_train": rows[0]},
+                    {"hidden": ("choice", healthy_hidden), "n_train": ("int", *rows),
+                     "input_scale": ("log", 0.0015, 0.005)}),
+        "healthy": (f"enough clean, standardised rows ({rows[0]}-{rows[1]}): the best move is to leave it alone",
+                    {"hidden": healthy_hidden[0], "n_train": rows[0]},
+                    {"hidden": ("choice", healthy_hidden), "n_train": ("int", *rows)}),
+    })
 
 
-def adam_regression_families(*, small_rows: tuple[int, int, int], rows: tuple[int, int, int],
-                             diverge_lr: tuple[float, float, float], plateau_lr: tuple[float, float, float],
-                             healthy_hidden: list[list[int]], memorised: str = "the noise is",
-                             diverge: str = "the loss jumps about and the run ends above a sensible one"
-                             ) -> dict[str, Scenario]:
-    """The four families of a plain-Adam regression task. Each ``(centre, low, high)`` triple is a family's centre
-    and the range its members are drawn from: ``small_rows`` the training rows of ``overfit``, ``rows`` those of the
-    other three, ``diverge_lr`` and ``plateau_lr`` the LRs far too high and far too low. ``healthy_hidden`` lists the
-    widths of ``healthy`` (the first is its centre); ``memorised`` and ``diverge`` complete two descriptions."""
-    (n_small, *small_range), (n, *n_range) = small_rows, rows
-    (lr_hi, *hi_range), (lr_lo, *lo_range) = diverge_lr, plateau_lr
-    return {
-        s.name: s
-        for s in [
-            Scenario("overfit", Hyperparams(lr=3e-3), 20, 5,
-                     f"wide MLP on {n_small} rows, Adam lr 3e-3: {memorised} memorised and validation MSE climbs",
-                     {"hidden": [256, 256], "n_train": n_small, "batch_size": 8, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 2e-3, 5e-3), "hidden": ("choice", [[256, 256], [384, 192], [320]]),
-                      "n_train": ("int", *small_range), "batch_size": ("choice", [8, 10]),
-                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}),
-            Scenario("diverge", Hyperparams(lr=lr_hi), 20, 5, f"Adam LR far too high: {diverge}",
-                     {"hidden": [128, 128], "n_train": n, "batch_size": 32, "betas": (0.9, 0.999)},
-                     {"lr": ("log", *hi_range), "hidden": ("choice", [[128, 128], [192, 96]]),
-                      "n_train": ("int", *n_range), "batch_size": ("choice", [24, 32]), "betas": ("choice", _BETAS)}),
-            Scenario("plateau", Hyperparams(lr=lr_lo), 20, 5,
-                     "Adam LR far too low: validation MSE creeps down and the run ends under-trained",
-                     {"hidden": [64, 64], "n_train": n, "batch_size": 32, "betas": (0.9, 0.999)},
-                     {"lr": ("log", *lo_range), "hidden": ("choice", [[64, 64], [96, 48]]),
-                      "n_train": ("int", *n_range), "batch_size": ("choice", [24, 32]), "betas": ("choice", _BETAS)}),
-            Scenario("healthy", Hyperparams(lr=2e-3, weight_decay=1e-4, dropout=0.05), 20, 5,
-                     f"a sensible Adam recipe on {n} rows: the best move is to leave it alone",
-                     {"hidden": healthy_hidden[0], "n_train": n, "batch_size": 32, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 1.2e-3, 3e-3), "weight_decay": ("log", 5e-5, 3e-4), "dropout": ("uniform", 0.0, 0.1),
-                      "hidden": ("choice", healthy_hidden), "n_train": ("int", *n_range), "betas": ("choice", _BETAS)}),
-        ]
-    }
+#: The hyperparameter ranges every family of a plain-Adam task draws from (library v5).
+SHARED_ADAM = {"lr": ("log", 1e-3, 4e-3), "weight_decay": ("log", 3e-5, 3e-4), "dropout": ("uniform", 0.0, 0.1),
+               "batch_size": ("choice", [16, 32]), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}
 
 
 class AdamMLPRegression(MSERegression):

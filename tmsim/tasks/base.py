@@ -32,6 +32,7 @@ from torch import nn
 
 from ..core.hparams import Hyperparams
 from ..core.menu import record_menu
+from . import hidden
 
 
 @dataclass(frozen=True)
@@ -179,7 +180,7 @@ class TorchTask:
         cache = self.__dict__.setdefault("_data_cache", {})
         key = (scenario.name, repr(sorted(scenario.settings.items())))  # members of a family may differ in data
         if key not in cache:
-            cache[key] = self.data(scenario)
+            cache[key] = hidden.prepare(self.data(scenario), scenario.settings)
         return cache[key]
 
     def n_params(self, state: TrainState) -> int:
@@ -213,9 +214,11 @@ class TorchTask:
         ``||w_end - w_start|| / ||w_start||`` over the epoch (how far the weights moved, relative to their size).
         ``on_step`` is called after every optimizer step (the live hook's step boundary).
         """
-        x, y = self._data(state.scenario)["train"]
-        bs = state.scenario.settings.get("batch_size", 32)
-        steps = state.scenario.settings.get("steps_per_epoch")
+        settings = state.scenario.settings
+        x, y = hidden.train_split(self._data(state.scenario), settings, state.epoch + 1)
+        scale = hidden.loss_scale(settings, state.epoch + 1)
+        bs = settings.get("batch_size", 32)
+        steps = settings.get("steps_per_epoch")
         model, opt, hp = state.model, state.optimizer, state.hparams
         model.train()
         w0 = torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
@@ -226,6 +229,8 @@ class TorchTask:
             xb, yb = self.batch(x, y, idx, state)
             opt.zero_grad(set_to_none=True)
             loss = self.batch_loss(model, xb, yb, hp)
+            if scale is not None:  # a hidden loss scale (tmsim.tasks.hidden): the optimizer sees it, the metrics do not
+                loss = loss * scale
             loss.backward()
             gn = torch.linalg.vector_norm(torch.stack([p.grad.detach().norm() for p in model.parameters() if p.grad is not None]))
             grad_norms.append(float(gn))
@@ -263,7 +268,8 @@ class TorchTask:
         out: dict[str, float | None] = {}
         with torch.no_grad():
             for split in ("train", "val", "test"):
-                x, y = data[split]
+                # the training loss is measured on the labels the run last trained on (hidden label noise included)
+                x, y = hidden.train_split(data, state.scenario.settings, state.epoch) if split == "train" else data[split]
                 x, y = self.eval_subset(x, y, split, state.scenario)
                 loss, acc = self.evaluate_split(state.model, x, y, state.hparams)
                 out[f"{split}_loss"] = loss

@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from .adam_regression import SHARED_ADAM
 from .base import Classification, Hyperparams, Scenario, adam
+from .hidden import overlapping_families
 from .diabetes import tabular_split
 from .digits import mlp
 
@@ -34,36 +36,25 @@ class CancerMLP(Classification):
     model_descriptor = "MLP classifier (ReLU, dropout), Adam with coupled L2"
     dataset_descriptor = "sklearn breast cancer (569 x 30), standardised, fixed split"
 
-    SCENARIOS = {
-        s.name: s
-        for s in [
-            Scenario("overfit", Hyperparams(lr=3e-3), 20, 5,
-                     "wide MLP on 55 rows, Adam lr 3e-3: the rows are fitted, the model grows over-confident and "
-                     "validation cross-entropy climbs",
-                     {"hidden": [256, 256], "n_train": 55, "batch_size": 8, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 2e-3, 5e-3), "hidden": ("choice", [[256, 256], [384, 192], [320]]),
-                      "n_train": ("int", 40, 70), "batch_size": ("choice", [8, 10]),
-                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}),
-            Scenario("diverge", Hyperparams(lr=0.015), 20, 5,
-                     "Adam LR far too high: the loss jumps about and confident mistakes blow it up",
-                     {"hidden": [128, 128], "n_train": 300, "batch_size": 16, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 0.01, 0.022), "hidden": ("choice", [[128, 128], [192, 96]]),
-                      "n_train": ("int", 260, 329), "batch_size": ("choice", [12, 16]),
-                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
-            Scenario("plateau", Hyperparams(lr=1.5e-5), 20, 5,
-                     "Adam LR far too low: the loss creeps down and the run ends under-trained",
-                     {"hidden": [64], "n_train": 300, "batch_size": 16, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 1e-5, 2.5e-5), "hidden": ("choice", [[64], [96], [48, 48]]),
-                      "n_train": ("int", 260, 329), "batch_size": ("choice", [12, 16]),
-                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
-            Scenario("healthy", Hyperparams(lr=1e-3, weight_decay=1e-4, dropout=0.1), 20, 5,
-                     "a small regularised MLP with a sensible Adam LR: the best move is to leave it alone",
-                     {"hidden": [32], "n_train": 300, "batch_size": 16, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 6e-4, 1.5e-3), "weight_decay": ("log", 5e-5, 3e-4), "dropout": ("uniform", 0.05, 0.2),
-                      "hidden": ("choice", [[24], [32], [48]]), "n_train": ("int", 260, 329),
-                      "batch_size": ("choice", [12, 16]), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
-        ]
-    }
+    SCENARIOS = overlapping_families(Hyperparams(lr=2e-3, weight_decay=1e-4, dropout=0.05), SHARED_ADAM, {
+        "overfit": ("a wide MLP on 40-70 rows, with a share of flipped labels from a drawn epoch on: the rows are "
+                    "fitted, the model grows over-confident and validation cross-entropy climbs",
+                    {"hidden": [256, 256], "n_train": 55},
+                    {"hidden": ("choice", [[256, 256], [384, 192], [320]]), "n_train": ("int", 40, 70),
+                     "label_noise": ("uniform", 0.15, 0.35), "noise_onset": ("int", 0, 12)}),
+        "diverge": ("a very wide single hidden layer (2048-4096 units): Adam moves every output weight by about the "
+                    "LR each step, so the output jumps about and confident mistakes blow the cross-entropy up",
+                    {"hidden": [2048], "n_train": 300},
+                    {"hidden": ("choice", [[2048], [3072], [4096]]), "n_train": ("int", 260, 329)}),
+        "plateau": ("features scaled down 200-700x: the first layer learns far too slowly and the run ends "
+                    "under-trained",
+                    {"hidden": [64], "n_train": 300},
+                    {"hidden": ("choice", [[64], [96], [48, 48]]), "n_train": ("int", 260, 329),
+                     "input_scale": ("log", 0.0015, 0.005)}),
+        "healthy": ("a small MLP on every clean, standardised training row: the best move is to leave it alone",
+                    {"hidden": [32], "n_train": 300},
+                    {"hidden": ("choice", [[24], [32], [48]]), "n_train": ("int", 260, 329)}),
+    })
 
     def data(self, scenario: Scenario):
         from sklearn.datasets import load_breast_cancer

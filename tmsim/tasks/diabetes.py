@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from .base import Hyperparams, MSERegression, Scenario, adam
+from .hidden import overlapping_families
 from .digits import mlp
 
 _VAL, _TEST = 100, 100
@@ -62,35 +63,27 @@ class DiabetesMLP(MSERegression):
     model_descriptor = "MLP regressor (ReLU, dropout), AdamW"
     dataset_descriptor = "sklearn diabetes (442 x 10), standardised, fixed split"
 
-    SCENARIOS = {
-        s.name: s
-        for s in [
-            Scenario("overfit", Hyperparams(lr=4e-3, weight_decay=0.7), 20, 5,
-                     "wide MLP on 50 rows, AdamW lr 4e-3: the noisy target is memorised and validation MSE climbs",
-                     {"hidden": [512, 512], "n_train": 50, "batch_size": 8, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 3e-3, 5e-3), "weight_decay": ("log", 0.5, 1.0),
-                      "hidden": ("choice", [[384, 384], [512, 512], [512, 256]]), "n_train": ("int", 40, 60),
-                      "batch_size": ("choice", [8, 10]), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}),
-            Scenario("diverge", Hyperparams(lr=0.07), 20, 5,
-                     "AdamW LR far too high: the loss jumps about, some runs blow up, the rest end noisy",
-                     {"hidden": [128, 128], "n_train": 242, "batch_size": 16, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 0.05, 0.09), "hidden": ("choice", [[128, 128], [192, 96], [256]]),
-                      "n_train": ("int", 200, 242), "batch_size": ("choice", [12, 16]),
-                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
-            Scenario("plateau", Hyperparams(lr=3.5e-5), 20, 5,
-                     "AdamW LR far too low: validation MSE creeps down and the run ends under-trained",
-                     {"hidden": [64, 64], "n_train": 242, "batch_size": 16, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 2.5e-5, 5e-5), "hidden": ("choice", [[64, 64], [96, 48], [48, 48]]),
-                      "n_train": ("int", 200, 242), "batch_size": ("choice", [12, 16]),
-                      "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
-            Scenario("healthy", Hyperparams(lr=3e-3, weight_decay=0.05, dropout=0.1), 20, 5,
-                     "a small regularised MLP with a sensible AdamW LR: the best move is to leave it alone",
-                     {"hidden": [32], "n_train": 242, "batch_size": 16, "betas": (0.9, 0.999)},
-                     {"lr": ("log", 2e-3, 4.5e-3), "weight_decay": ("log", 0.02, 0.1), "dropout": ("uniform", 0.05, 0.15),
-                      "hidden": ("choice", [[24], [32], [48]]), "n_train": ("int", 200, 242),
-                      "batch_size": ("choice", [12, 16]), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99)])}),
-        ]
-    }
+    SCENARIOS = overlapping_families(Hyperparams(lr=3e-3, weight_decay=0.05, dropout=0.05), {
+        "lr": ("log", 1.5e-3, 5e-3), "weight_decay": ("log", 0.02, 0.2), "dropout": ("uniform", 0.0, 0.1),
+        "batch_size": ("choice", [12, 16]), "betas": ("choice", [(0.9, 0.999), (0.9, 0.99), (0.85, 0.98)])}, {
+        "overfit": ("a wide MLP on 40-60 rows, with noisy targets from a drawn epoch on: the noise is memorised and "
+                    "validation MSE climbs",
+                    {"hidden": [512, 512], "n_train": 50},
+                    {"hidden": ("choice", [[384, 384], [512, 512], [512, 256]]), "n_train": ("int", 40, 60),
+                     "label_noise": ("uniform", 0.8, 1.5), "noise_onset": ("int", 0, 12)}),
+        "diverge": ("a very wide single hidden layer (2048-4096 units): AdamW moves every output weight by about the "
+                    "LR each step, so the loss jumps about and some runs blow up",
+                    {"hidden": [2048], "n_train": 242},
+                    {"hidden": ("choice", [[2048], [3072], [4096]]), "n_train": ("int", 200, 242)}),
+        "plateau": ("features scaled down 170-330x: with AdamW's decay pulling on it, the first layer cannot grow "
+                    "the weights it needs, learns far too slowly and the run ends under-trained",
+                    {"hidden": [64, 64], "n_train": 242},
+                    {"hidden": ("choice", [[64, 64], [96, 48], [48, 48]]), "n_train": ("int", 200, 242),
+                     "input_scale": ("log", 0.003, 0.006)}),
+        "healthy": ("a small MLP on every clean, standardised training row: the best move is to leave it alone",
+                    {"hidden": [32], "n_train": 242},
+                    {"hidden": ("choice", [[24], [32], [48]]), "n_train": ("int", 200, 242)}),
+    })
 
     def data(self, scenario: Scenario):
         from sklearn.datasets import load_diabetes

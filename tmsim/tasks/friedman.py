@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .base import Hyperparams, MSERegression, Scenario
+from .hidden import overlapping_families
 from .diabetes import regression_split
 from .digits import mlp
 
@@ -38,32 +39,28 @@ class FriedmanMLP(MSERegression):
     model_descriptor = "MLP regressor (ReLU, dropout), SGD with momentum"
     dataset_descriptor = f"sklearn make_friedman1 ({_ROWS} x 10, noise {_NOISE}, random_state {_DATA_SEED}), standardised, fixed split"
 
-    SCENARIOS = {
-        s.name: s
-        for s in [
-            Scenario("overfit", Hyperparams(lr=0.05), 20, 5,
-                     "wide MLP on 100 rows, SGD lr 0.05 momentum 0.9: validation MSE climbs after a few epochs",
-                     {"hidden": [512, 512], "n_train": 100, "batch_size": 10, "momentum": 0.9},
-                     {"lr": ("log", 0.035, 0.07), "hidden": ("choice", [[384, 384], [512, 512], [512, 256]]),
-                      "n_train": ("int", 80, 120), "batch_size": ("choice", [8, 10]), "momentum": ("uniform", 0.88, 0.92)}),
-            Scenario("diverge", Hyperparams(lr=0.13), 20, 5,
-                     "LR at the edge of stability for momentum SGD: the loss jumps about and some runs blow up",
-                     {"hidden": [128, 128], "n_train": 800, "batch_size": 32, "momentum": 0.9},
-                     {"lr": ("log", 0.1, 0.17), "hidden": ("choice", [[128, 128], [192, 96], [160, 160]]),
-                      "n_train": ("int", 700, 900), "batch_size": ("choice", [24, 32]), "momentum": ("uniform", 0.89, 0.92)}),
-            Scenario("plateau", Hyperparams(lr=0.0016), 20, 5,
-                     "LR far too low: the linear trend is learnt, the non-linear part barely, and the run ends under-trained",
-                     {"hidden": [128], "n_train": 800, "batch_size": 32, "momentum": 0.9},
-                     {"lr": ("log", 0.001, 0.0025), "hidden": ("choice", [[96], [128], [192]]),
-                      "n_train": ("int", 700, 900), "batch_size": ("choice", [24, 32]), "momentum": ("uniform", 0.85, 0.92)}),
-            Scenario("healthy", Hyperparams(lr=0.018, weight_decay=1e-4, dropout=0.05), 20, 5,
-                     "a sensible recipe on 800 rows: the best move is to leave it alone",
-                     {"hidden": [128, 64], "n_train": 800, "batch_size": 32, "momentum": 0.9},
-                     {"lr": ("log", 0.013, 0.025), "weight_decay": ("log", 5e-5, 3e-4), "dropout": ("uniform", 0.0, 0.08),
-                      "hidden": ("choice", [[128, 64], [96, 96], [128]]), "n_train": ("int", 700, 900),
-                      "momentum": ("uniform", 0.85, 0.93)}),
-        ]
-    }
+    SCENARIOS = overlapping_families(Hyperparams(lr=0.02, weight_decay=1e-4, dropout=0.05), {
+        "lr": ("log", 0.01, 0.028), "weight_decay": ("log", 3e-5, 3e-4), "dropout": ("uniform", 0.0, 0.08),
+        "batch_size": ("choice", [10, 16]), "momentum": ("uniform", 0.86, 0.92)}, {
+        "overfit": ("a wide MLP on 80-140 rows, with noisy targets from a drawn epoch on: the noise is memorised and "
+                    "validation MSE climbs",
+                    {"hidden": [512, 512], "n_train": 100},
+                    {"hidden": ("choice", [[384, 384], [512, 512], [512, 256]]), "n_train": ("int", 80, 140),
+                     "label_noise": ("uniform", 0.5, 1.0), "noise_onset": ("int", 0, 12)}),
+        "diverge": ("from a drawn epoch on the objective is scaled up 3.5-7x (a sum where a mean was meant): the "
+                    "effective LR jumps past the edge of stability for momentum SGD and some runs blow up",
+                    {"hidden": [128, 128], "n_train": 800},
+                    {"hidden": ("choice", [[128, 128], [192, 96], [160, 160]]), "n_train": ("int", 700, 900),
+                     "loss_scale": ("log", 3.5, 7.0), "scale_onset": ("int", 2, 12)}),
+        "plateau": ("the objective is scaled down 20-50x: the effective LR is far too low, the linear trend is "
+                    "learnt, the non-linear part barely, and the run ends under-trained",
+                    {"hidden": [128], "n_train": 800},
+                    {"hidden": ("choice", [[96], [128], [192]]), "n_train": ("int", 700, 900),
+                     "loss_scale": ("log", 0.02, 0.05)}),
+        "healthy": ("enough clean rows for the model: the best move is to leave it alone",
+                    {"hidden": [128, 64], "n_train": 800},
+                    {"hidden": ("choice", [[128, 64], [96, 96], [128]]), "n_train": ("int", 700, 900)}),
+    })
 
     def data(self, scenario: Scenario):
         from sklearn.datasets import make_friedman1
