@@ -246,7 +246,7 @@ def _load_lib(traces):
 def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: float | None = None,
                  surrogate_file: Path | None = None, hide_trees: bool = False, rank_by: str = "final",
                  pareto: bool = False, include_train: bool = False, skip_missing: bool = False,
-                 fidelity_files: list | None = None):
+                 fidelity_files: list | None = None, reads_run: bool = True):
     """Score ``specs`` on ``suite``. With ``skip_missing`` (the leaderboard) a policy whose optional dependency is
     missing, or that has no root outside its training split, is skipped and reported; otherwise (promote) it is an
     error."""
@@ -281,7 +281,8 @@ def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: floa
               disable=quiet, leave=False) as bar:
         result = run_leaderboard(index, policies, suite, sur, sid, progress=lambda _: bar.update(1), timeout=timeout,
                                  workers=workers, specs=specs, surrogate_path=str(path), replay=not hide_trees,
-                                 rank_by=rank_by, pareto=pareto, include_train=include_train, skipped=skipped)
+                                 rank_by=rank_by, pareto=pareto, include_train=include_train, skipped=skipped,
+                                 reads_run=reads_run)
     from .evaluate.leaderboard import fidelity_summary
 
     result.fidelity = fidelity_summary(fidelity_files or [DEFAULT_RESULTS / "fidelity-test.json",
@@ -331,7 +332,7 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout, args.surrogate, args.hide_trees,
                           rank_by="best" if args.restore_best else "final", pareto=args.rank_by == "pareto",
                           include_train=args.include_train, skip_missing=True,
-                          fidelity_files=[args.fidelity] if args.fidelity else None)
+                          fidelity_files=[args.fidelity] if args.fidelity else None, reads_run=not args.no_reads_run)
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -378,7 +379,7 @@ def _cmd_promote(args: argparse.Namespace) -> int:
 
     suite = load_suite(args.suite)
     lib = _load_lib(_suite_traces(suite, args))
-    result = _leaderboard(lib, [spec], suite, args.quiet)
+    result = _leaderboard(lib, [spec], suite, args.quiet, reads_run=False)
     score = next(s for s in result.scores if s.policy == spec.name)
     if getattr(score, "failed", None):
         print(f"tmsim: error: policy {spec.name} could not be scored: {score.failed}", file=sys.stderr)
@@ -578,6 +579,8 @@ def build_parser() -> argparse.ArgumentParser:
                     help="loss (default): by the median loss change; pareto: by loss-compute Pareto layer, then loss")
     lb.add_argument("--include-train", action="store_true",
                     help="score a policy on the roots its spec's trained_on names too (default: left out of its scores)")
+    lb.add_argument("--no-reads-run", action="store_true",
+                    help="skip the 'reads the run' figures (each policy's second rollout on swapped telemetry)")
     lb.add_argument("--quiet", action="store_true")
     lb.set_defaults(func=_cmd_leaderboard)
 

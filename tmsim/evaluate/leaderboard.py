@@ -64,6 +64,7 @@ from ..policies.protocol import close_policy, failure_reason, is_upper_bound, mo
 from ..simulate.simulator import Rollout, Simulator, summarize_rollouts
 from ..traces.index import TreeIndex
 from .promote import GateSettings
+from .readsrun import SwappedTelemetry, changed_share, donors, reads_run_test
 
 N_BOOT = 2000
 
@@ -171,6 +172,11 @@ class PolicyScore:
     beats_oracle_off_tree_roots: int = 0  # of those, roots where it left the recorded tree
     beats_oracle_at: list[str] = field(default_factory=list)  # those roots, "task/scenario/seed"
     upper_bound_roots: int | None = None  # the oracle's row: roots whose trees are full (where it is a bound)
+    # does it read the run (tmsim.evaluate.readsrun): its score on another root's telemetry minus its score, the
+    # sign-flip p-value, the share of rollouts whose decisions changed; None when not measured
+    reads_run_delta_pct: float | None = None
+    reads_run_p: float | None = None
+    reads_run_changed_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -274,6 +280,14 @@ def score_policy(policy_id: str, rollouts: list[Rollout], constant: dict[str, Ro
     )
 
 
+def _changes(rollouts: list[Rollout], constant: dict[str, Rollout]) -> list[np.ndarray]:
+    """Per root group (sorted as ``_by_root``), the final val-loss changes (%) of its replicates vs doing nothing."""
+    fin = np.array([o.final_val_loss for o in rollouts])
+    base = np.array([constant[o.root].final_val_loss for o in rollouts])
+    change = 100 * (fin / base - 1)
+    return [change[g] for g in _by_root(rollouts)]
+
+
 def _share(x: np.ndarray, base: np.ndarray, groups: list[np.ndarray]) -> float:
     """Sum over roots of each root's expected ``x`` over the same sum of ``base`` (1 when the base is 0)."""
     num = sum(float(x[g].mean()) for g in groups)
@@ -360,13 +374,17 @@ def _worker_init(traces: str, surrogate_path: str | None, bounds_json: str, repl
     _WORKER.update(index=index, sim=Simulator(index, sur, Bounds.model_validate_json(bounds_json), replay=replay))
 
 
-def _worker_rollout(spec_path: str, roots: list[str], timeout: float | None):
+def _worker_rollout(spec_path: str, roots: list[str], timeout: float | None, donor_of: dict | None = None):
     from ..policies import load_spec, make_policy
 
     spec = load_spec(spec_path)
     pol = make_policy(spec, _WORKER["index"])
+    sim = _WORKER["sim"]
     try:
-        return spec.name, _WORKER["sim"].rollout(pol, roots, timeout=timeout), failure_reason(pol)
+        outs = sim.rollout(pol, roots, timeout=timeout)
+        swapped = sim.rollout(SwappedTelemetry(pol, sim.index, donor_of, sim.bounds), roots, timeout=timeout) \
+            if donor_of is not None else None
+        return spec.name, outs, swapped, failure_reason(pol)
     finally:
         close_policy(pol)
 
@@ -445,7 +463,7 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
                     progress=None, timeout: float | None = None, workers: int = 1, specs: list | None = None,
                     surrogate_path: str | None = None, replay: bool = True, rank_by: str = "final",
                     pareto: bool = False, include_train: bool = False,
-                    skipped: dict[str, str] | None = None) -> LeaderboardResult:
+                    skipped: dict[str, str] | None = None, reads_run: bool = True) -> LeaderboardResult:
     """Roll every policy out on the suite's roots and score it against ``constant`` and ``oracle``.
 
     ``library`` is a ``TreeIndex`` (built once by the caller and shared with the policies and the surrogate) or a
@@ -453,7 +471,8 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
     process pool; each worker reads the library and loads the surrogate from ``surrogate_path`` once.
     ``rank_by`` (``"final"`` or ``"best"``) and ``pareto`` choose the ranking; ``include_train`` scores a policy on
     the roots of its training split too (default: they are left out of its scores); ``skipped`` ({name: why}) lists
-    policies the caller could not build, reported with the result.
+    policies the caller could not build, reported with the result. ``reads_run`` rolls every policy out a second
+    time on swapped telemetry (``tmsim.evaluate.readsrun``) for its "reads the run" figures.
     """
     from ..policies import ConstantPolicy, OraclePolicy
     from ..policies.oracle import upper_bound_roots
@@ -482,6 +501,12 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
         skipped[pid] = "every root of the suite is in its training split (--include-train scores it there)"
         close_policy(by_id.pop(pid))
     rollouts: dict[str, list[Rollout]] = {}
+    swapped: dict[str, list[Rollout] | None] = {}
+    donor_of = donors(index, roots) if reads_run else None
+
+    def swap_rollout(pol, rs):
+        return sim.rollout(SwappedTelemetry(pol, index, donor_of, sim.bounds), rs, timeout=timeout) if reads_run else None
+
     failed: dict[str, str | None] = {}
     pooled = {s.name: s for s in (specs or []) if s.path is not None and s.name in by_id} if workers > 1 else {}
     if pooled:
@@ -492,14 +517,15 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
         with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_worker_init,
                                  initargs=(str(library.root), surrogate_path, suite.bounds.model_dump_json(),
                                            replay)) as pool:
-            futs = [pool.submit(_worker_rollout, str(s.path), mine[s.name], timeout) for s in pooled.values()]
+            futs = [pool.submit(_worker_rollout, str(s.path), mine[s.name], timeout, donor_of) for s in pooled.values()]
             for pid, pol in by_id.items():
                 if pid not in pooled:
                     rollouts[pid] = sim.rollout(pol, mine[pid], timeout=timeout)
+                    swapped[pid] = swap_rollout(pol, mine[pid])
                     if progress:
                         progress(pid)
             for f in as_completed(futs):
-                pid, outs, failed[pid] = f.result()
+                pid, outs, swapped[pid], failed[pid] = f.result()
                 rollouts[pid] = outs
                 if progress:
                     progress(pid)
@@ -507,6 +533,7 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
     else:
         for pid, pol in by_id.items():
             rollouts[pid] = sim.rollout(pol, mine[pid], timeout=timeout)
+            swapped[pid] = swap_rollout(pol, mine[pid])
             if progress:
                 progress(pid)
     for pid, pol in by_id.items():
@@ -522,6 +549,10 @@ def run_leaderboard(library, policies: list, suite: Suite, surrogate, surrogate_
     covered = upper_bound_roots(index, roots)
     for s in scores:
         s.failed = failed.get(s.policy)
+        if swapped.get(s.policy) is not None:
+            real, alt = rollouts[s.policy], swapped[s.policy]
+            s.reads_run_delta_pct, s.reads_run_p = reads_run_test(_changes(real, constant), _changes(alt, constant))
+            s.reads_run_changed_share = changed_share(real, alt)
         n_split = len(split[s.policy])
         s.train_overlap = n_split / n_groups if n_groups else 0.0
         s.trained_roots = n_split if include_train else 0
@@ -640,7 +671,7 @@ def format_table(result: LeaderboardResult) -> str:
     """The terminal table, best first, with bootstrap intervals and compute."""
     rank, other = ("best (95% CI)", "final") if result.rank_by == "best" else ("final val loss (95% CI)", "best")
     head = (f"{'#':>2}  {'policy':<24}{rank:<30}{other:>7}{'compute':>8}{'saved':>6}{'acted (change)':>16}{'regret':>7}"
-            f"{'unsafe':>7}{'viol/100':>9}{'fallback':>9}{'interv':>7}{'replayed':>9}{'p50 ms':>8}")
+            f"{'unsafe':>7}{'reads run':>16}{'viol/100':>9}{'fallback':>9}{'interv':>7}{'replayed':>9}{'p50 ms':>8}")
     n = n_roots(result)
     lines = [f"leaderboard: suite {result.suite.name}, {n} roots x replicates = {len(result.roots)} rollouts "
              f"({_describe(result)}; compute: epochs trained vs doing nothing; saved: epochs saved per run)",
@@ -650,11 +681,13 @@ def format_table(result: LeaderboardResult) -> str:
         reg = "   n/a" if s.regret is None else f"{s.regret:7.2f}"
         acted = f"{s.acted_share:4.0%}" + (f" ({s.acted_change_pct:+6.1f}%)" if s.acted_change_pct is not None else " " * 10)
         lines.append(f"{i:>2}  {name:<24}{_ci(result, s):<30}{_other(result, s):+6.1f}%{s.epochs_share:8.0%}"
-                     f"{s.epochs_saved_per_run:6.1f}{acted:>16}{reg:>7}{s.unsafe_rate:7.1%}{s.violations_per_100:9.1f}"
+                     f"{s.epochs_saved_per_run:6.1f}{acted:>16}{reg:>7}{s.unsafe_rate:7.1%}{reads_cell(s):>16}"
+                     f"{s.violations_per_100:9.1f}"
                      f"{s.fallback_rate:9.1%}{s.interventions_per_run:7.2f}{s.replayed_share:9.1%}{s.latency_ms_p50:8.3f}")
     for pid, why in result.failed.items():
         lines.append(f"    FAILED {pid}: {why}; its decisions after that fell back to continue, so its row is not a score")
     lines += ["    " + ln for ln in oracle_lines(result)]
+    lines += ["    " + ln for ln in reads_lines(result)]
     lines += ["    " + ln for ln in rl_lines(result)]
     lines += _trust_lines(result)
     lines += ["    " + ln for ln in train_lines(result)]
@@ -669,6 +702,26 @@ def format_table(result: LeaderboardResult) -> str:
                          f"{p['best_val_loss_change_pct']:+6.1f}%, {p['epochs_share']:4.0%}" if p else "")
         lines.append(f"{s.policy:<22}" + "".join(f"{c:>34}" for c in cells))
     return "\n".join(lines)
+
+
+def reads_cell(s: PolicyScore) -> str:
+    """The "reads the run" cell: the score's change on another root's telemetry, in points, and its p-value (``no``
+    when no decision changed)."""
+    if s.reads_run_delta_pct is None:
+        return "n/a"
+    if s.reads_run_p is not None and s.reads_run_p >= 1.0 and s.reads_run_delta_pct == 0.0:
+        return "no (0 changed)"
+    return f"{s.reads_run_delta_pct:+.1f} p={s.reads_run_p:.3f}"
+
+
+def reads_lines(result: LeaderboardResult) -> list[str]:
+    """How the "reads run" column reads."""
+    if not any(s.reads_run_delta_pct is not None for s in result.scores):
+        return []
+    return ["reads run: each policy rolled out again with every snapshot's telemetry swapped for another root's of the "
+            "same task and recipe bucket (hyperparameters, epoch and past actions kept): the change of its score in "
+            "points (positive: worse on someone else's curves, so it reads them) and a sign-flip permutation p over "
+            "roots; 'no' = not one decision changed, its decisions do not depend on the telemetry"]
 
 
 def rl_lines(result: LeaderboardResult) -> list[str]:
@@ -719,11 +772,12 @@ def format_markdown(result: LeaderboardResult) -> str:
              "Regret: median over roots / ratio of sums. ◆: on the loss-compute front; †: beat the oracle on some "
              "root; *: scored on roots it was trained on; ~: more than 20% of its epochs come from the surrogate.",
              *[ln.strip() for ln in _trust_lines(result)], "",
-             *[f"- {ln}" for ln in oracle_lines(result) + rl_lines(result) + train_lines(result)], "",
+             *[f"- {ln}" for ln in oracle_lines(result) + reads_lines(result) + rl_lines(result) + train_lines(result)], "",
              f"| # | policy | {rank} | 95% CI | {'val loss change' if result.rank_by == 'best' else 'best val loss change (restored)'} | "
              "compute (epochs) | epochs saved/run | train s/run | acted on (change there) | regret (median / sums) | "
-             "unsafe | violations/100 | fallback | interventions/run | latency p50 / p95 ms | replayed | train overlap | model |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "unsafe | reads the run (change, p; changed) | violations/100 | fallback | interventions/run | latency p50 / p95 ms | "
+             "replayed | train overlap | model |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for i, s in enumerate(result.ranked(), 1):
         reg = "n/a" if s.regret is None else f"{s.regret:.2f} / {s.regret_ratio_of_sums:.2f}"
         acted = f"{s.acted_share:.0%}" + (f" ({s.acted_change_pct:+.1f}%)" if s.acted_change_pct is not None else "")
@@ -733,7 +787,7 @@ def format_markdown(result: LeaderboardResult) -> str:
             name += f", bound on {s.upper_bound_roots} of {n} roots"
         lines.append(f"| {i} | {name} | {result.loss(s):+.1f}% | [{lo:+.1f}, {hi:+.1f}] | {_other(result, s):+.1f}% | "
                      f"{s.epochs_share:.0%} | {s.epochs_saved_per_run:.2f} | {s.train_seconds_per_run:.2f} | {acted} | "
-                     f"{reg} | {s.unsafe_rate:.1%} | {s.violations_per_100:.1f} | {s.fallback_rate:.1%} | "
+                     f"{reg} | {s.unsafe_rate:.1%} | {reads_cell(s)}{_changed(s)} | {s.violations_per_100:.1f} | {s.fallback_rate:.1%} | "
                      f"{s.interventions_per_run:.2f} | {s.latency_ms_p50:.3f} / {s.latency_ms_p95:.3f} | "
                      f"{s.replayed_share:.1%} | {s.train_overlap:.0%} | {s.model or ''} |")
     scen = sorted({sc for s in result.scores for sc in s.per_scenario})
@@ -756,6 +810,11 @@ def format_markdown(result: LeaderboardResult) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _changed(s: PolicyScore) -> str:
+    return "" if s.reads_run_changed_share is None or s.reads_run_changed_share == 0 else \
+        f"; {s.reads_run_changed_share:.0%} of rollouts changed"
+
+
 def json_rows(result: LeaderboardResult) -> list[dict]:
     """One object per policy; the keys named in the docs first."""
     out = []
@@ -765,7 +824,8 @@ def json_rows(result: LeaderboardResult) -> list[dict]:
                     "ci_high": s.ci_high, "regret": s.regret, "unsafe_rate": s.unsafe_rate,
                     "violations_per_100": s.violations_per_100, "fallback_rate": s.fallback_rate,
                     "latency_ms_p50": s.latency_ms_p50, "replayed_share": s.replayed_share,
-                    "surrogate_heavy": surrogate_heavy(s),
+                    "surrogate_heavy": surrogate_heavy(s), "reads_run_delta_pct": s.reads_run_delta_pct,
+                    "reads_run_p": s.reads_run_p,
                     **{k: v for k, v in d.items() if k not in ("policy",)}})
     return out
 
