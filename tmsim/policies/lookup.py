@@ -1,7 +1,9 @@
 """The blind lookup: a reference policy that reads no telemetry at all.
 
-It answers from a table learned on the library's *training* roots (even seeds by default): for every recorded node
-of a training root, the action the oracle (best expected outcome over replicates) takes there, keyed by what a
+It answers from a table learned on the library's *training* roots (even seeds by default, the tasks in
+``holdout_tasks`` left out), on the labels ``gbm`` learns (``tmsim.policies.llm.finetune.build_dataset``): for every
+recorded node of a training root, the action the oracle (best expected outcome over replicates) takes there,
+weighted by its advantage over doing nothing, keyed by what a
 policy can see without looking at the run's curves: the task, the decision epoch and the hyperparameters in force.
 At a decision it takes the majority action of the nearest training key of the same task and epoch (distance in
 log learning rate, log weight decay, dropout and log loss weight), so it also answers for recipes it has not seen
@@ -27,37 +29,29 @@ def _coords(hp) -> tuple[float, ...]:
 
 
 class LookupPolicy:
-    """See the module docs. ``train_seeds``: ``"even"`` or ``"odd"`` (the roots the table is learned on)."""
+    """See the module docs. ``train_seeds``: ``"even"`` or ``"odd"`` (the roots the table is learned on);
+    ``holdout_tasks``: tasks never learned from (as ``gbm``'s, so the two read the same labels and split)."""
 
     needs_library = True
 
-    def __init__(self, library, train_seeds: str = "even", policy_id: str = "blind-lookup", version: str = "1"):
-        from ..traces.index import TreeIndex
-        from .oracle import OraclePolicy
+    def __init__(self, library, train_seeds: str = "even", holdout_tasks: list[str] | None = None,
+                 policy_id: str = "blind-lookup", version: str = "2"):
+        from .llm.finetune import build_dataset
 
         if train_seeds not in ("even", "odd"):
             raise TypeError("train_seeds must be 'even' or 'odd'")
-        index = library if isinstance(library, TreeIndex) else TreeIndex(library)
         self.policy_id, self.version = policy_id, version
-        self.trained_on = {"seeds": train_seeds}
-        parity = 0 if train_seeds == "even" else 1
-        oracle = OraclePolicy(index)
+        self.trained_on = {"seeds": train_seeds, "holdout_tasks": list(holdout_tasks or [])}
+        train, _ = build_dataset(library, train_seeds, None, True, holdout_tasks=holdout_tasks)
         votes: dict[tuple, Counter] = defaultdict(Counter)
-        for rid, m in index.meta.items():
-            if m["seed"] % 2 != parity or m["branch_action"] == "stop" or m["source"] != "recorded":
-                continue
-            rows = index[rid]
-            alive = m["end_epoch"] - (1 if m["status"] == "diverged" else 0)
-            for d in range(m["decide_every"], m["max_epochs"], m["decide_every"]):
-                if d <= (m["branch_epoch"] or 0) or d > alive or d not in rows:
-                    continue
-                vals = oracle.values(rid, d)
-                if len(vals) > 1:
-                    best = min(vals, key=lambda a: (vals[a], a != "continue"))
-                    votes[(m["task"], d, _coords(index.hparams_at(rid, d)))][best] += 1
+        for e in train:
+            s = e.snapshot
+            votes[(s.task, s.epoch, _coords(s.hparams))][e.target] += e.weight
         self._table: dict[tuple, list[tuple[tuple, str]]] = defaultdict(list)
         for (task, d, point), counter in votes.items():
-            self._table[(task, d)].append((point, counter.most_common(1)[0][0]))
+            best = max(sorted(counter), key=lambda a: (counter[a], a == "continue"))
+            self._table[(task, d)].append((point, best))
+        self.train_examples = len(train)
 
     def decide(self, snapshot: Snapshot) -> Proposal:
         entries = self._table.get((snapshot.task, snapshot.epoch))
@@ -68,4 +62,3 @@ class LookupPolicy:
         if snapshot.offered and action not in snapshot.offered:
             action = "continue"
         return Proposal(action=action, reason="majority oracle action at the nearest training recipe (no telemetry read)")
-
