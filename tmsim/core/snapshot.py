@@ -23,6 +23,7 @@ import hashlib
 import json
 import math
 import copy
+import operator
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any, Iterable, NamedTuple
@@ -84,6 +85,15 @@ _SL_FIELDS = EpochView._fields.index("ent_coef")
 _VIEW_DEFAULTS = tuple((k, EpochView._field_defaults.get(k)) for k in _VIEW_FIELDS)
 
 
+def as_views(history: Iterable[EpochView | dict]) -> tuple[EpochView, ...]:
+    """``history`` as a tuple of ``EpochView``s (rows made views with ``EpochView.from_row``, views kept as they
+    are); a tuple of views is returned as it is."""
+    hist = history if type(history) is tuple else tuple(history)
+    if len(set(map(type, hist))) <= 1 and (not hist or type(hist[0]) is EpochView):  # views only: nothing to make
+        return hist
+    return tuple(h if isinstance(h, EpochView) else EpochView.from_row(h) for h in hist)
+
+
 class PastDecision(NamedTuple):
     """A decision this run already took and what followed: ``val_change`` is the relative change of validation
     loss from the decision to the next decision (or to now)."""
@@ -126,28 +136,89 @@ def _slope(xs: list[int], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else None
 
 
+def _fits(xs: list[int], *ys_lists: list[float]) -> list[float | None]:
+    """``_slope`` over ``xs`` of each of ``ys_lists`` (2 or more points each), with the same arithmetic (``sum`` in
+    the same order); the parts that depend on ``xs`` alone are computed once."""
+    n = len(xs)
+    mx = sum(xs) / n
+    dx = [x - mx for x in xs]
+    den = sum([d ** 2 for d in dx])
+    out = []
+    for ys in ys_lists:
+        my = sum(ys) / len(ys)
+        out.append(sum([d * (y - my) for d, y in zip(dx, ys)]) / den if den else None)
+    return out
+
+
+_VAL_LOSS = operator.attrgetter("val_loss")
+
+
 def compute_signals(history: tuple[EpochView, ...], window: int = WINDOW) -> Signals:
     """Signals from the history; the window is the last ``window + 1`` epochs (so ``window`` intervals)."""
-    trained = [h for h in history if h.epoch > 0] or list(history)
+    # Written for speed (the simulator builds a snapshot per decision): the best and first validation loss of a
+    # history whose losses are all finite and positive are read by C loops, the window by walking back from the end;
+    # the arithmetic is that of ``_slope`` and every result that of the plain definition (the trained epochs, the
+    # last ``window + 1`` of them, the finite positive losses and their first minimum).
+    isfinite, log = math.isfinite, math.log
     last = history[-1]
-    vals = [(h.epoch, h.val_loss) for h in history if _finite(h.val_loss) and h.val_loss > 0]
-    win = [h for h in trained[-(window + 1):]]
-    tv = [(h.epoch, math.log(h.train_loss)) for h in win if _finite(h.train_loss) and h.train_loss > 0]
-    vv = [(h.epoch, math.log(h.val_loss)) for h in win if _finite(h.val_loss) and h.val_loss > 0]
-    gaps = [(h.epoch, h.val_loss / h.train_loss - 1) for h in win if _finite(h.val_loss) and _finite(h.train_loss) and h.train_loss > 0]
-    train_slope = _slope(*zip(*tv)) if len(tv) >= 2 else None
-    val_slope = _slope(*zip(*vv)) if len(vv) >= 2 else None
-    gap = gaps[-1][1] if gaps and gaps[-1][0] == last.epoch else None
-    gap_trend = _slope(*zip(*gaps)) if len(gaps) >= 2 else None
-    if vals:
-        best_epoch, best = min(vals, key=lambda p: p[1])
-        first = vals[0][1]
+    n = window + 1
+    if n > 0:
+        win = []
+        for h in reversed(history):
+            if h.epoch > 0:
+                win.append(h)
+                if len(win) == n:
+                    break
+        if win:
+            win.reverse()
+        else:
+            win = list(history)[-n:]
     else:
-        best_epoch = best = first = None
+        win = ([h for h in history if h.epoch > 0] or list(history))[-n:]
+    vl = list(map(_VAL_LOSS, history))
+    low = min(vl) if None not in vl and isfinite(sum(vl)) else None  # every loss finite (a sum of them is) ...
+    if low is not None and low > 0:  # ... and positive
+        first, best = vl[0], low  # ``min`` keeps the first of equal minima, as ``index`` finds it
+        best_epoch = history[vl.index(best)].epoch
+    else:
+        best = first = best_epoch = None
+        for h in history:
+            v = h.val_loss
+            if v is not None and isfinite(v) and v > 0:
+                if best is None:
+                    first = best = v
+                    best_epoch = h.epoch
+                elif v < best:
+                    best, best_epoch = v, h.epoch
+    tx, ty, vx, vy, gx, gy = [], [], [], [], [], []
+    for h in win:
+        e, t, v = h.epoch, h.train_loss, h.val_loss
+        t_ok = t is not None and isfinite(t) and t > 0
+        if t_ok:
+            tx.append(e)
+            ty.append(log(t))
+        if v is not None and isfinite(v):
+            if v > 0:
+                vx.append(e)
+                vy.append(log(v))
+            if t_ok:
+                gx.append(e)
+                gy.append(v / t - 1)
+    if len(ty) >= 2 and tx == vx == gx:  # the usual case: every epoch of the window has both losses
+        train_slope, val_slope, gap_trend = _fits(tx, ty, vy, gy)
+    else:
+        train_slope = _fits(tx, ty)[0] if len(ty) >= 2 else None
+        val_slope = _fits(vx, vy)[0] if len(vy) >= 2 else None
+        gap_trend = _fits(gx, gy)[0] if len(gy) >= 2 else None
+    gap = gy[-1] if gy and gx[-1] == last.epoch else None
     cur = last.val_loss
     val_rise = cur / best - 1 if _finite(cur) and best else None
     progress = 1 - cur / first if _finite(cur) and first else None
-    nonfinite = any(x is not None and not math.isfinite(x) for x in (last.train_loss, last.val_loss, last.grad_norm))
+    nonfinite = False
+    for x in (last.train_loss, cur, last.grad_norm):
+        if x is not None and not isfinite(x):
+            nonfinite = True
+            break
     diverging = nonfinite or (val_rise is not None and val_rise > DIVERGE_RISE)
     overfitting = (
         not diverging and gap is not None and gap > OVERFIT_GAP and (
@@ -210,7 +281,7 @@ class Snapshot:
               max_epochs: int, decide_every: int, decisions: Iterable[PastDecision] = (),
               interventions_left: int | None = None, losses: int = 1, offered: tuple[str, ...] = (),
               run_key: str | None = None) -> "Snapshot":
-        hist = tuple(h if isinstance(h, EpochView) else EpochView.from_row(h) for h in history)
+        hist = as_views(history)
         if not hist:
             raise ValueError("a snapshot needs at least one epoch of history")
         return cls(run_id, task, hist[-1].epoch, max_epochs, decide_every, hparams, hist,
@@ -221,7 +292,7 @@ class Snapshot:
         shared; the key is not part of the hash)."""
         if run_key == self.run_key:
             return self
-        twin = copy.copy(self)
+        twin = _shallow_copy(self)
         object.__setattr__(twin, "run_key", run_key)
         return twin
 
@@ -235,8 +306,8 @@ class Snapshot:
     def private_copy(self) -> "Snapshot":
         """A copy for one policy call: its own ``Snapshot`` and ``Hyperparams`` objects (the history, signals and
         decisions are immutable tuples and are shared), so nothing a policy does to it reaches the original."""
-        twin = copy.copy(self)
-        object.__setattr__(twin, "hparams", copy.copy(self.hparams))
+        twin = _shallow_copy(self)
+        object.__setattr__(twin, "hparams", _shallow_copy(self.hparams))
         return twin
 
     def to_json(self) -> str:
@@ -314,6 +385,20 @@ class Snapshot:
         lines.append(f"signals: eval return shortfall slope {_pct(s.val_slope)}/evaluation, safety cost "
                      f"{'n/a' if s.cost_ratio is None else format(s.cost_ratio, '.0%')} of its budget; flags: {', '.join(flags)}")
         return "\n".join(lines + self._tail("evaluation", "shortfall"))
+
+
+def _shallow_copy(obj: Any) -> Any:
+    """``copy.copy(obj)``; for a plain ``Snapshot`` or ``Hyperparams`` (no ``__copy__`` or pickling hooks of their
+    own) made directly, as ``copy.copy`` makes it: a new object of the type whose ``__dict__`` is updated from
+    ``obj``'s."""
+    if type(obj) in _PLAIN_COPY:
+        twin = object.__new__(type(obj))
+        twin.__dict__.update(obj.__dict__)
+        return twin
+    return copy.copy(obj)
+
+
+_PLAIN_COPY = (Snapshot, Hyperparams)
 
 
 def _f(x: float | None, width: int) -> str:
