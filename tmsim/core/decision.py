@@ -15,6 +15,8 @@ Example
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
 import hashlib
 import secrets
 import threading
@@ -23,8 +25,8 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Sequence
 
 from .actions import Answer, Bounds, PolicyFailure, Proposal, ValidatedAction, offered_actions, parse_proposal
-from .hparams import Hyperparams
-from .snapshot import EpochView, PastDecision, Snapshot
+from .hparams import KNOBS, Hyperparams
+from .snapshot import EpochView, PastDecision, Snapshot, as_views
 
 #: Longest raw output kept in an audit row (characters).
 RAW_OUTPUT_LIMIT = 2000
@@ -42,6 +44,28 @@ def run_key(*parts: object) -> str:
     differs between commands."""
     text = "\x00".join(str(p) for p in (_RUN_KEY_SALT, *parts))
     return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _id_run_key(run_id: str) -> str:
+    """``run_key(run_id)``, the default key of a run's snapshots, remembered (it is the same all process long)."""
+    return run_key(run_id)
+
+
+def hparams_of_view(view: EpochView) -> Hyperparams:
+    """``Hyperparams.from_row(view._asdict())``: the knobs recorded in an epoch view (absent ones take their
+    defaults), read without making the row."""
+    if _KNOB_FIELDS_MATCH:
+        wd, dropout = view.weight_decay, view.dropout
+        return Hyperparams(view.lr, 0.0 if wd is None else wd, 0.0 if dropout is None else dropout,
+                           view.aux_loss_weight, view.ent_coef, view.log_std, view.clip_range)
+    return Hyperparams.from_row(view._asdict())
+
+
+#: Whether the knobs are the ones ``hparams_of_view`` reads directly (else it takes the general path).
+_KNOB_FIELDS_MATCH = (KNOBS == ("lr", "weight_decay", "dropout", "aux_loss_weight", "ent_coef", "log_std", "clip_range")
+                      and tuple(f.name for f in dataclasses.fields(Hyperparams)) == KNOBS
+                      and Hyperparams.from_row({}, prefix="") == Hyperparams(None, 0.0, 0.0, None, None, None, None))
 
 
 @dataclass(frozen=True)
@@ -62,22 +86,24 @@ def build_snapshot(run: RunInfo, hist: Sequence[Mapping[str, Any]], chain: Mappi
     """The snapshot at decision epoch ``d``: ``hist`` holds the epoch rows up to ``d`` (trace columns, or
     ``EpochView``s made from them; the last one is epoch ``d``), ``chain`` the actions taken at earlier decision epochs
     ({epoch: action}, absent = continue)."""
-    hist = [h if isinstance(h, EpochView) else EpochView.from_row(h) for h in hist]
+    hist = as_views(hist)
     last = hist[-1]
     if last.epoch != d:
         raise ValueError(f"{run.run_id}: the history ends at epoch {last.epoch}, not at the decision epoch {d}")
-    hp = Hyperparams.from_row(last._asdict())
+    hp = hparams_of_view(last)
     every = run.decide_every
-    val = {h.epoch: h.val_loss for h in hist}
     past = []
-    for e in range(every, d, every):
-        nxt = min(e + every, d)
-        change = val[nxt] / val[e] - 1 if val.get(e) and val.get(nxt) is not None else None
-        past.append(PastDecision(e, chain.get(e, "continue"), change))
+    epochs = range(every, d, every)
+    if epochs:
+        val = {h.epoch: h.val_loss for h in hist}
+        for e in epochs:
+            nxt = min(e + every, d)
+            change = val[nxt] / val[e] - 1 if val.get(e) and val.get(nxt) is not None else None
+            past.append(PastDecision(e, chain.get(e, "continue"), change))
     used = sum(1 for p in past if p.action != "continue")
     left = None if bounds.max_interventions is None else max(bounds.max_interventions - used, 0)
     snap = Snapshot.build(run.run_id, run.task, hist, hp, run.max_epochs, every, past, left, run.losses,
-                          run_key=run.run_key or run_key(run.run_id))
+                          run_key=run.run_key or _id_run_key(run.run_id))
     # the snapshot was just made here and nothing has seen it: set its menu in place rather than copy it whole
     object.__setattr__(snap, "offered", offered_actions(snap, bounds))
     return snap
