@@ -27,15 +27,18 @@ Example
 """
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import json
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .hparams import KNOBS, RL_KNOBS, Hyperparams, run_knobs
-from .menu import ACTIONS, ALL_ACTIONS, SET_ACTIONS, apply_action
+from .menu import ACTION_TABLE, ACTIONS, ALL_ACTIONS, SET_ACTIONS, apply_action
 from .snapshot import Snapshot
 VIOLATIONS = ("policy_exception", "timeout", "empty_output", "unparseable", "unknown_action", "missing_value",
               "non_finite_value", "invalid_value", "no_effect", "stop_too_early", "budget_exhausted", "cooldown",
@@ -233,11 +236,89 @@ def _last_change_epoch(snapshot: Snapshot, knob: str) -> int | None:
 
 
 def validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAction, list[str]]:
-    """Turn any policy output into a safe ``ValidatedAction`` plus the violations found. Never raises."""
+    """Turn any policy output into a safe ``ValidatedAction`` plus the violations found. Never raises.
+
+    A plain menu action (a ``Proposal`` with no value, as ``answer`` makes them) is validated once per distinct
+    case (see ``_menu_case``): a simulator validates the same few cases at thousands of decisions."""
     try:
-        return _validate(raw, snapshot, bounds)
+        action = _menu_action(raw)
+        case = _case_or_none(snapshot, bounds) if action is not None else None
+        if case is None:
+            return _validate(raw, snapshot, bounds)
+        act, violations = _menu_validated(case, action, raw, snapshot, bounds)
+        return act, list(violations)
     except Exception:  # whatever went wrong, an unvalidated update is never the answer
         return _fallback(snapshot), ["unparseable"]
+
+
+_MENU = frozenset(ACTIONS)
+_ALL = frozenset(ALL_ACTIONS)
+_MEMO_LIMIT = 100_000
+#: case -> {menu action: (the ValidatedAction, its violations)} (see ``validate``)
+_VALIDATED: dict[tuple, dict[str, tuple[ValidatedAction, tuple[str, ...]]]] = {}
+#: the values of a ``Bounds`` -> a number standing for them in cases (never reused)
+_BOUNDS_IDS: dict[tuple, int] = {}
+_NEXT_BOUNDS_ID = itertools.count()
+
+
+def _menu_validated(case: tuple, action: str, proposal: Any, snapshot: Snapshot,
+                    bounds: Bounds) -> tuple[ValidatedAction, tuple[str, ...]]:
+    """``_validate(proposal, snapshot, bounds)`` of the plain menu ``proposal`` for ``action`` in ``case``,
+    remembered. A clamped move holds values of the bounds (whose -0.0 and 0.0 are one case): it is not remembered."""
+    memo = _VALIDATED.get(case)
+    if memo is None:
+        if len(_VALIDATED) > _MEMO_LIMIT:
+            _VALIDATED.clear()
+        memo = _VALIDATED[case] = {}
+    hit = memo.get(action)
+    if hit is None:
+        act, violations = _validate(proposal, snapshot, bounds)
+        hit = (act, tuple(violations))
+        if not violations or act.source == "fallback":
+            memo[action] = hit
+    return hit
+
+
+def _menu_action(raw: Any) -> str | None:
+    """The action of ``raw`` when it is a plain menu proposal without a value (bare or in an ``Answer``), else None."""
+    if type(raw) is Answer:
+        raw = raw.value
+    if type(raw) is Proposal and raw.value is None and type(raw.action) is str and raw.action in _MENU and _plain(raw):
+        return raw.action
+    return None
+
+
+def _exact_knobs(values: tuple) -> bool:
+    """Whether equal knob values (``Hyperparams`` fields, in order) mean the same floating-point values: every one a
+    float or None, none NaN or -0.0 (so a result computed for one snapshot is, to the bit, the result for another
+    with equal knobs)."""
+    for v in values:
+        if v is not None and (type(v) is not float or v != v or (v == 0.0 and math.copysign(1.0, v) < 0)):
+            return False
+    return True
+
+
+def _menu_case(snapshot: Snapshot, bounds: Bounds) -> tuple | None:
+    """Everything the validation of a menu action at ``snapshot`` depends on: the hyperparameters' values, whether a
+    stop is allowed yet, whether budget is left, which knobs are cooling down, and the bounds (None when the
+    hyperparameters are not a plain ``Hyperparams`` of ``_exact_knobs`` or the bounds not a plain ``Bounds``)."""
+    hp = snapshot.hparams
+    if type(hp) is not Hyperparams or type(bounds) is not Bounds:
+        return None
+    knobs = _HP_VALUES(hp)
+    if not _exact_knobs(knobs):
+        return None
+    cooling = ()
+    if bounds.cooldown_epochs:
+        cooling = tuple(snapshot.epoch - c < bounds.cooldown_epochs if c is not None else False
+                        for c in (_last_change_epoch(snapshot, k) for k in KNOBS))
+    values = tuple(bounds.__dict__.values())
+    bid = _BOUNDS_IDS.get(values)
+    if bid is None:
+        if len(_BOUNDS_IDS) > _MEMO_LIMIT:
+            _BOUNDS_IDS.clear()
+        bid = _BOUNDS_IDS[values] = next(_NEXT_BOUNDS_ID)
+    return (knobs, snapshot.epoch >= bounds.min_stop_epoch, _budget_left(snapshot, bounds) > 0, cooling, bid)
 
 
 def _fallback(snapshot: Snapshot) -> ValidatedAction:
@@ -250,7 +331,7 @@ def _validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAc
     if problem:
         return _fallback(snapshot), [problem]
     action = proposal.action
-    if action not in ALL_ACTIONS:
+    if action not in _ALL:
         return _fallback(snapshot), ["unknown_action"]
     if action == "continue":
         return ValidatedAction("continue", hp, False, "policy"), []
@@ -277,21 +358,25 @@ def _validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAc
             return _fallback(snapshot), ["non_finite_value"]
         target = apply_action(hp, action)
     changed = [k for k in KNOBS if getattr(target, k) != getattr(hp, k)]
-    if not changed or any(k not in run_knobs(hp) for k in changed):  # nothing changes, or a knob this run lacks
+    if not changed:
+        return _fallback(snapshot), ["no_effect"]
+    knobs = run_knobs(hp)
+    if any(k not in knobs for k in changed):  # a knob this run lacks
         return _fallback(snapshot), ["no_effect"]
     if _budget_left(snapshot, bounds) <= 0:
         return _fallback(snapshot), ["budget_exhausted"]
-    for k in changed:
-        last = _last_change_epoch(snapshot, k)
-        if bounds.cooldown_epochs and last is not None and snapshot.epoch - last < bounds.cooldown_epochs:
-            return _fallback(snapshot), ["cooldown"]
+    if bounds.cooldown_epochs:
+        for k in changed:
+            last = _last_change_epoch(snapshot, k)
+            if last is not None and snapshot.epoch - last < bounds.cooldown_epochs:
+                return _fallback(snapshot), ["cooldown"]
     values = {}
     for k in changed:
         old, want = getattr(hp, k), getattr(target, k)
         # The value may move within the per-decision step AND the absolute range; when they do not overlap
         # (a run already outside the range, a zero step) nothing can be applied safely.
         slo, shi = _step_limits(k, old, bounds)
-        amin, amax = bounds.range(k)
+        amin, amax = _range(bounds, k)
         lo, hi = max(slo, amin), min(shi, amax)
         if lo > hi:
             return _fallback(snapshot), violations + ["out_of_bounds"]
@@ -307,9 +392,29 @@ def _validate(raw: Any, snapshot: Snapshot, bounds: Bounds) -> tuple[ValidatedAc
         if new == old or (new - old) * (want - old) < 0:
             return _fallback(snapshot), violations + ["no_effect"]
         values[k] = new
-    applied = hp.with_(**values)
-    assert all(bounds.range(k)[0] <= getattr(applied, k) <= bounds.range(k)[1] for k in changed)
-    return ValidatedAction(action, applied, False, "policy", tuple(changed)), sorted(set(violations), key=violations.index)
+    if type(hp) is type(target) is Hyperparams and all(
+            values[f] is getattr(target, f) if f in values else getattr(target, f) is getattr(hp, f) for f in _HP_FIELDS):
+        applied = target  # it holds the very objects hp.with_(**values) would: the same hyperparameters, made once
+    else:
+        applied = hp.with_(**values)
+    assert all(_range(bounds, k)[0] <= getattr(applied, k) <= _range(bounds, k)[1] for k in changed)
+    if violations:
+        violations = sorted(set(violations), key=violations.index)
+    return ValidatedAction(action, applied, False, "policy", tuple(changed)), violations
+
+
+_RANGE_NAMES = {k: (f"{k}_min", f"{k}_max") for k in KNOBS}
+_HP_FIELDS = tuple(f.name for f in dataclasses.fields(Hyperparams))
+#: The values of a ``Hyperparams``' fields, in order (a tuple)
+_HP_VALUES = operator.attrgetter(*_HP_FIELDS)
+
+
+def _range(bounds: Bounds, knob: str) -> tuple[float, float]:
+    """``bounds.range(knob)``, read directly from a plain ``Bounds``."""
+    if type(bounds) is Bounds:
+        lo, hi = _RANGE_NAMES[knob]
+        return getattr(bounds, lo), getattr(bounds, hi)
+    return bounds.range(knob)
 
 
 def _sensible(knob: str, value: float, bounds: Bounds) -> bool:
@@ -360,6 +465,8 @@ def _step_limits(knob: str, old: float, bounds: Bounds) -> tuple[float, float]:
 
 
 _OFFERED: dict[tuple, tuple[str, ...]] = {}
+#: (menu action, its knob's value, budget left, knob cooling down, bounds) -> offered (see ``_offered``)
+_VERDICTS: dict[tuple, bool] = {}
 
 
 def offered_actions(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...] = ACTIONS) -> tuple[str, ...]:
@@ -368,33 +475,81 @@ def offered_actions(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, .
     What decides it is few things (the hyperparameters, the losses, whether a stop is allowed yet, whether budget is
     left, which knobs are cooling down, the bounds): answers are remembered by those, so building many snapshots
     (a simulator's cold pass) validates each distinct case once."""
-    cooling = tuple(_last_change_epoch(snapshot, k) for k in KNOBS) if bounds.cooldown_epochs else ()
-    key = (snapshot.hparams, snapshot.losses, snapshot.epoch >= bounds.min_stop_epoch, _budget_left(snapshot, bounds) > 0,
-           tuple(snapshot.epoch - c < bounds.cooldown_epochs if c is not None else False for c in cooling),
-           tuple(bounds.__dict__.values()), candidates)
+    case = _case_or_none(snapshot, bounds)
+    if case is not None:
+        key = (case, snapshot.losses, candidates)
+    else:
+        cooling = tuple(_last_change_epoch(snapshot, k) for k in KNOBS) if bounds.cooldown_epochs else ()
+        key = (snapshot.hparams, snapshot.losses, snapshot.epoch >= bounds.min_stop_epoch,
+               _budget_left(snapshot, bounds) > 0,
+               tuple(snapshot.epoch - c < bounds.cooldown_epochs if c is not None else False for c in cooling),
+               tuple(bounds.__dict__.values()), candidates)
     hit = _OFFERED.get(key)
     if hit is None:
-        if len(_OFFERED) > 100_000:
+        if len(_OFFERED) > _MEMO_LIMIT:
             _OFFERED.clear()
-        hit = _OFFERED[key] = _offered(snapshot, bounds, candidates)
+        hit = _OFFERED[key] = _offered(snapshot, bounds, candidates, case)
     return hit
 
 
 def clear_offered_cache() -> None:
-    """Forget the remembered ``offered_actions`` answers (a benchmark's cold pass starts from nothing)."""
+    """Forget the remembered ``offered_actions`` answers and validated menu actions (a benchmark's cold pass starts
+    from nothing)."""
     _OFFERED.clear()
+    _VALIDATED.clear()
+    _VERDICTS.clear()
+    _BOUNDS_IDS.clear()
 
 
 _MENU_PROPOSALS: dict[str, Proposal] = {}
+#: The knob of each menu action that turns one (``lr_down``: ``lr``). A menu action's effect reads and changes its
+#: own knob only (``menu.Action.knob``), which ``_offered`` relies on.
+_MENU_KNOB = {a: ACTION_TABLE[a].knob for a in ACTIONS if ACTION_TABLE[a].knob is not None}
 
 
-def _offered(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...]) -> tuple[str, ...]:
+def _case_or_none(snapshot: Snapshot, bounds: Bounds) -> tuple | None:
+    try:
+        return _menu_case(snapshot, bounds)
+    except Exception:  # a snapshot the validator cannot read: validated the plain way, where it becomes the fallback
+        return None
+
+
+def _offered(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...], case: tuple | None = None) -> tuple[str, ...]:
+    """The offered menu (see ``offered_actions``). With a ``case`` (``_menu_case``), an action that turns a knob the
+    run lacks is never offered (its effect changes nothing, or a knob outside ``run_knobs``, or fails); whether an
+    action that turns a knob is offered depends only on that knob's value, the budget, whether the knob is cooling
+    down and the bounds, and whether ``continue`` or ``stop`` is on whether a stop is allowed yet and budget is left
+    (see ``_validate``): each such verdict is validated once."""
     out = []
+    hp = snapshot.hparams
+    knobs = run_knobs(hp) if case is not None else ()
     for a in candidates:
         if a.startswith("aux_") and snapshot.losses < 2:
             continue
         proposal = _MENU_PROPOSALS.get(a) or _MENU_PROPOSALS.setdefault(a, Proposal(action=a))
-        act, violations = validate(proposal, snapshot, bounds)
-        if not violations and act.source == "policy":
+        if case is None or a not in _MENU:
+            act, violations = validate(proposal, snapshot, bounds)
+            if not violations and act.source == "policy":
+                out.append(a)
+            continue
+        knob = _MENU_KNOB.get(a)
+        if knob is None:  # continue or stop: what a stop depends on is whether it is allowed yet and budget is left
+            vkey = (a, case[1], case[2], case[4])
+        elif knob not in knobs:
+            continue
+        else:
+            cooling = case[3][KNOBS.index(knob)] if case[3] else False
+            vkey = (a, getattr(hp, knob), case[2], cooling, case[4])
+        ok = _VERDICTS.get(vkey)
+        if ok is None:
+            try:
+                act, violations = _menu_validated(case, a, proposal, snapshot, bounds)
+                ok = not violations and act.source == "policy"
+            except Exception:  # as ``validate`` has it: the fallback
+                ok = False
+            if len(_VERDICTS) > _MEMO_LIMIT:
+                _VERDICTS.clear()
+            _VERDICTS[vkey] = ok
+        if ok:
             out.append(a)
     return tuple(out)
