@@ -27,6 +27,7 @@ Example
 """
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import Counter, defaultdict
@@ -166,12 +167,16 @@ class Simulator:
         for i, o in enumerate(outs):
             o.run_key = run_key("rollout", id(self), self._calls, i, o.root)
         step = 1
+        meta = self.index.meta
         while True:
             active = [o for o in outs if not o.done]
             if not active:
                 return outs
-            due = [o for o in active if o.final_epoch() == step * self.index.meta[o.root]["decide_every"]
-                   and o.final_epoch() < self.index.meta[o.root]["max_epochs"]]
+            due = []
+            for o in active:
+                m, e = meta[o.root], o.epochs[-1]["epoch"]  # the rollout's final epoch
+                if e == step * m["decide_every"] and e < m["max_epochs"]:
+                    due.append(o)
             if due:
                 self._decide(policy, due, timeout)
             self._advance([o for o in active if not o.done], step)
@@ -182,23 +187,42 @@ class Simulator:
         rows = self.index[root]
         first = m["decide_every"]
         o = Rollout(root, m["task"], m["scenario"], m["seed"], policy.policy_id, m["max_epochs"], node=root, hparams=m["hp_init"])
-        for e in range(0, min(first, m["max_epochs"]) + 1):
-            if e not in rows:
-                break
-            _push(o, *self.index.replayed(rows[e]))
-            if rows[e]["diverged"]:
-                o.diverged = o.done = True
-                break
+        last = min(first, m["max_epochs"])
+        if not self._replay_segment(o, root, 0, last):
+            for e in range(0, last + 1):
+                if e not in rows:
+                    break
+                _push(o, *self.index.replayed(rows[e]))
+                if rows[e]["diverged"]:
+                    o.diverged = o.done = True
+                    break
         if not self.replay:
             o.node = None
         return o
+
+    def _replay_segment(self, o: Rollout, rid: str, lo: int, hi: int) -> bool:
+        """Append the recorded epochs ``lo``..``hi`` of run ``rid`` to ``o`` (up to and including the first that
+        diverged, which ends the rollout) when the run holds every one of them; False (nothing appended) when it
+        does not, for the caller's epoch-by-epoch path."""
+        outs, views, diverged = self.index.replayed_run(rid)
+        if hi >= len(outs) or lo > hi:
+            return False
+        i = bisect.bisect_left(diverged, lo)
+        end = diverged[i] if i < len(diverged) and diverged[i] <= hi else None
+        stop = hi + 1 if end is None else end + 1
+        o.epochs.extend(outs[lo:stop])
+        o.views.extend(views[lo:stop])
+        if end is not None:
+            o.diverged = o.done = True
+        return True
 
     def _snapshot_for(self, o: Rollout, d: int):
         m = self.index.meta[o.root]
         key = (o.node, d)
         if o.node is not None and key in self._snap_cache:
             return self._snap_cache[key]
-        run = RunInfo(o.node or f"{o.root}~sim", m["task"], m["decide_every"], m["max_epochs"], m["n_losses"])
+        # the snapshot carries the rollout's key from the start (a later rollout reusing it gets a twin with its own)
+        run = RunInfo(o.node or f"{o.root}~sim", m["task"], m["decide_every"], m["max_epochs"], m["n_losses"], o.run_key)
         snap = build_snapshot(run, o.views, o.chain, d, self.bounds)
         if o.node is not None:
             self._snap_cache[key] = snap
@@ -251,6 +275,10 @@ class Simulator:
                 o.done = True
                 continue
             if o.node is not None:
+                if self._replay_segment(o, o.node, d + 1, nxt):
+                    if not o.done and o.final_epoch() >= m["max_epochs"]:
+                        o.done = True
+                    continue
                 rows = self.index[o.node]
                 for e in range(d + 1, nxt + 1):
                     r = rows.get(e)

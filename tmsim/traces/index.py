@@ -100,6 +100,7 @@ class TreeIndex:
         self._lineage: dict[str, dict[int, dict]] = {}
         self._expected: dict[str, float] = {}
         self._replayed: dict[int, tuple[dict, EpochView, dict]] = {}
+        self._replayed_runs: dict[str, tuple[list[dict], list[EpochView], list[int]]] = {}
         self.include_live = include_live
         self.roots = sorted(r for r, m in self.meta.items()
                             if m["parent_run_id"] is None and (include_live or m["source"] == "recorded"))
@@ -125,6 +126,23 @@ class TreeIndex:
             out = {**row, "source": "replayed"}
             hit = self._replayed[id(row)] = (out, EpochView.from_row(out), row)
         return hit[0], hit[1]
+
+    def replayed_run(self, rid: str) -> tuple[list[dict], list[EpochView], list[int]]:
+        """The run's full history as a rollout replays it: ``replayed`` of the rows of epochs 0, 1, ... up to the
+        first epoch missing (rows, then views, by epoch), and the epochs among them that diverged. Made once per run
+        (read, never changed, by the simulator)."""
+        hit = self._replayed_runs.get(rid)
+        if hit is None:
+            rows = self[rid]
+            outs, views, diverged = [], [], []
+            while len(outs) in rows:
+                out, view = self.replayed(rows[len(outs)])
+                if out["diverged"]:
+                    diverged.append(len(outs))
+                outs.append(out)
+                views.append(view)
+            hit = self._replayed_runs[rid] = (outs, views, diverged)
+        return hit
 
     def hparams_at(self, rid: str, epoch: int) -> Hyperparams | None:
         """The hyperparameters in force during ``epoch`` of run ``rid`` (None when it has no such epoch)."""
