@@ -5,7 +5,8 @@ policy sees the snapshot, the validator turns its proposal into an action, and:
 
 - if the rollout is still on the recorded tree and the tree holds that action there (the same action name *and*
   the same hyperparameters, so a clamped value is not mistaken for the recorded one), the next segment is the
-  real recording (**replayed**);
+  real recording (**replayed**); a branch recorded with the exact value applied (``exact_action``, as
+  ``tmsim evaluate`` records a ``set_*`` value or a clamped step) counts too;
 - otherwise the surrogate predicts the next segment (**surrogate**), and the rollout stays on the surrogate;
 - ``stop`` ends the rollout at that epoch.
 
@@ -245,12 +246,25 @@ class Simulator:
             o.stopped_at, o.done = d, True
             return
         if o.node is not None and act.intervenes:
-            child = self.index.children.get(o.node, {}).get((d, act.action))
+            kids = self.index.children.get(o.node, {})
+            child = kids.get((d, act.action))
             if child is None or not self._recorded_as(child, d, act, seen):
-                o.node = None  # off the recorded tree from here on
-            else:
-                o.node = child
+                child = self._exact_branch(kids, d, act)
+            o.node = child  # None: off the recorded tree from here on
         o.hparams = act.hparams
+
+    def _exact_branch(self, kids: dict, d: int, act: ValidatedAction) -> str | None:
+        """The branch recorded with the exact value ``act`` sets, where the tree holds one (``exact_action``: what
+        ``tmsim evaluate`` records for a ``set_*`` value or a clamped step that no menu branch holds), else None. Its
+        recorded row after the fork must hold ``act``'s hyperparameters (an RL run's learned ``log_std`` aside: the
+        branch's name holds the value it was set to)."""
+        name = exact_action(act)
+        child = kids.get((d, name)) if name is not None else None
+        rec = self.index.hparams_at(child, d + 1) if child is not None else None
+        if rec is None:
+            return None
+        same = rec == act.hparams if rec.log_std is None else rec.with_(log_std=None) == act.hparams.with_(log_std=None)
+        return child if same else None
 
     def _recorded_as(self, child: str, d: int, act: ValidatedAction, seen: Hyperparams | None) -> bool:
         """Whether the recorded branch ``child`` trained the hyperparameters ``act`` applies at epoch ``d``. The
@@ -345,6 +359,18 @@ class Simulator:
     def _hp_in_force(self, o: Rollout) -> Hyperparams:
         """The hyperparameters of the last epoch trained (before the action just validated)."""
         return Hyperparams.from_row(o.epochs[-1])
+
+
+def exact_action(act: ValidatedAction) -> str | None:
+    """The branch action that records ``act`` with its exact value: ``ACTION=VALUE``, VALUE the value ``act`` set its
+    action's knob to, as ``repr`` writes the float (so ``float`` reads it back exactly; ``e+`` is written ``e``, since
+    ``+`` separates the steps of a run id). ``set_lr`` to 0.0123 is ``set_lr=0.0123``, ``lr_up`` clamped to the bound
+    10 is ``lr_up=10.0``. None for an action that sets no knob (``continue``, ``stop``)."""
+    entry = ACTION_TABLE.get(act.action)
+    value = getattr(act.hparams, entry.knob) if entry is not None and entry.knob is not None else None
+    if value is None or not math.isfinite(value):
+        return None
+    return f"{act.action}={repr(float(value)).replace('e+', 'e')}"
 
 
 def _push(o: Rollout, row: dict, view: EpochView | None = None) -> None:
