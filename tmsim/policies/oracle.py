@@ -15,8 +15,9 @@ the recorded tree) it has nothing to read and proposes ``continue``.
 decision epoch (``full_tree``; the cheap tasks of the bundled library are recorded so). There, no sequence of menu
 actions taken alike in every replicate beats its expected outcome. On a budgeted (sampled) tree a path the library
 did not record may be better, and a policy that takes it is predicted by the surrogate and can end below the
-oracle; a continuous action (``set_lr``) is never recorded, and a policy whose choices differ between replicates can
-also beat an expectation. ``upper_bound_roots`` lists the roots where the bound holds; the leaderboard prints that
+oracle; a continuous action (``set_lr``) is recorded only where ``tmsim evaluate`` records a policy's exact value
+(a branch ``set_lr=VALUE``, which the oracle may take but no full tree holds), and a policy whose choices differ
+between replicates can also beat an expectation. ``upper_bound_roots`` lists the roots where the bound holds; the leaderboard prints that
 coverage and marks every row that beat the oracle on some root.
 """
 from __future__ import annotations
@@ -75,7 +76,14 @@ class OraclePolicy:
         if len(vals) <= 1:
             return Proposal(action="continue", reason="no recorded alternatives here")
         action = min(vals, key=lambda a: (vals[a], a != "continue"))
-        return Proposal(action=action, reason=f"best expected final val loss {vals[action]:.4g} (upper bound)")
+        why = f"best expected final val loss {vals[action]:.4g} (upper bound)"
+        name, exact, value = action.partition("=")
+        if exact:  # a branch recorded with an exact value (``tmsim evaluate``): propose what it applied
+            from ..core.menu import ACTION_TABLE
+
+            entry = ACTION_TABLE.get(name)
+            return Proposal(action=name, value=float(value) if entry is not None and entry.is_set else None, reason=why)
+        return Proposal(action=action, reason=why)
 
 
 def full_tree(index, root: str, menu: set[str] | None = None) -> bool:
@@ -105,8 +113,10 @@ def full_tree(index, root: str, menu: set[str] | None = None) -> bool:
 
 
 def task_menu(index, task: str) -> set[str]:
-    """Every branch action the library records for ``task``."""
-    return {r["branch_action"] for r in index.meta.values() if r["task"] == task and r["parent_run_id"] is not None}
+    """Every menu action the library records as a branch of ``task`` (branches recorded with an exact value,
+    ``ACTION=VALUE``, are extras, not part of the menu a full tree holds)."""
+    return {r["branch_action"] for r in index.meta.values()
+            if r["task"] == task and r["parent_run_id"] is not None and "=" not in r["branch_action"]}
 
 
 def upper_bound_roots(index, roots) -> set[tuple]:
