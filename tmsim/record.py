@@ -23,6 +23,22 @@ columns, ``optimizer``, ``optimizer_json`` and ``settings_json`` record the draw
 ``budget`` caps the runs recorded per tree: the root and all single-action branches come first, deeper branches
 are sampled with a generator seeded by the tree's identity, so a budgeted tree is deterministic too.
 
+One engine, three ways to choose branches
+-----------------------------------------
+Every tree is trained by one engine (``_train_branch``: restore a fork, apply the branch's action, train to the
+end, save the state at each decision epoch that has children, recurse), whichever way its branches were chosen:
+the full menu (``plan_tree``), a budget (``budgeted``), or exactly the paths some policies take
+(``tmsim.evaluate.on_demand``, ``tmsim evaluate``). The last grows a tree in rounds, so its trees are
+``expansion="on-demand"`` (a recipe of their own): ``grow_tree`` records the root (and any branches asked for)
+with the state saved at *every* decision epoch of every run it trains (``OUT/.tmsim-forks/``), and later adds
+branches to the tree by forking from those saved states, on every replicate, exactly as a full tree's recording
+would have trained them (the same run ids, states and noise: on the same machine, the same numbers). A branch action
+is a menu action (``lr_down``) or an exact value (``set_lr=0.0123``, ``tmsim.simulate.simulator.exact_action``:
+what a policy's validated proposal set its knob to; ``branch_hparams`` reads it back). A tree grows by rewriting its
+two files, epochs first and runs last, with the old rows kept as they were: a branch is recorded once its runs row
+is there, and epoch rows of runs that are not (a recorder stopped between the two writes) are dropped when the tree
+is next grown or repaired (``repair_tree``).
+
 Recording safely
 ----------------
 - One recorder per library: ``record()`` holds an exclusive lock (``flock`` on ``OUT/.tmsim-record.lock``, which
@@ -73,7 +89,7 @@ import pyarrow as pa
 
 from . import __version__
 from .core.hparams import KNOBS, Hyperparams
-from .core.menu import apply_action, changing_actions
+from .core.menu import ACTION_TABLE, apply_action, changing_actions
 from .core.outcome import is_diverged
 from .tasks import TASKS, get_task
 from .tasks.base import TorchTask, TrainState
@@ -97,8 +113,13 @@ class TreeSpec:
     menu: tuple[str, ...] | None = None
     replicates: int = 1
     first_replicate: int = 0  # record replicates first_replicate .. first_replicate + replicates - 1 (tmsim verify)
+    #: "plan": the branches of ``plan_tree`` (full, or ``budget``); "on-demand": the branches some policies take,
+    #: added in rounds (``grow_tree``, ``tmsim evaluate``), every decision epoch of ``depth`` with a saved state
+    expansion: str = "plan"
 
     def __post_init__(self) -> None:
+        if self.expansion not in ("plan", "on-demand"):
+            raise ValueError(f"expansion must be 'plan' or 'on-demand', got {self.expansion!r}")
         _check_whole("--depth", self.depth, 0)
         _check_whole("--replicates", self.replicates, 1)
         _check_whole("first_replicate", self.first_replicate, 0)
@@ -115,7 +136,7 @@ class TreeSpec:
         sc = task.scenario(self.scenario)
         menu = self.menu or task.record_menu()
         return TreeSpec(self.task, self.scenario, self.seed, self.depth, self.decide_every or sc.decide_every, self.budget,
-                        tuple(menu), self.replicates, self.first_replicate)
+                        tuple(menu), self.replicates, self.first_replicate, self.expansion)
 
     @property
     def stem(self) -> str:
@@ -126,6 +147,8 @@ class TreeSpec:
         d = asdict(self.resolved())
         if not d["first_replicate"]:
             del d["first_replicate"]
+        if d["expansion"] == "plan":  # the recipe of a planned tree is what it was before on-demand trees existed
+            del d["expansion"]
         return dumps({**d, "recorder": RECORDER_VERSION})
 
     def noise_seed(self, replicate: int) -> int:
@@ -154,6 +177,26 @@ def run_id(spec: TreeSpec, branch: Branch, replicate: int = 0) -> str:
 
 def decision_epochs(epochs: int, every: int, depth: int) -> list[int]:
     return list(range(every, epochs, every))[:depth]
+
+
+def branch_hparams(hp: Hyperparams, action: str) -> Hyperparams:
+    """The hyperparameters a branch trains with after ``action`` at its fork: a menu action's effect on ``hp``, or,
+    for an exact value ``ACTION=VALUE`` (``tmsim.simulate.simulator.exact_action``), ``hp`` with the action's knob
+    set to that value.
+
+    >>> branch_hparams(Hyperparams(lr=0.2), "lr_down").lr, branch_hparams(Hyperparams(lr=0.2), "set_lr=0.0123").lr
+    (0.1, 0.0123)
+    """
+    name, exact, value = action.partition("=")
+    if not exact:
+        return apply_action(hp, action)
+    entry = ACTION_TABLE.get(name)
+    if entry is None or entry.knob is None or getattr(hp, entry.knob) is None:
+        raise ValueError(f"branch action {action!r}: {name!r} sets no knob of this run")
+    v = float(value)
+    if not math.isfinite(v):
+        raise ValueError(f"branch action {action!r}: the value is not finite")
+    return hp.with_(**{entry.knob: v})
 
 
 def plan_tree(spec: TreeSpec) -> list[Branch]:
@@ -230,15 +273,21 @@ def _finite_or_none(x: float | None) -> float | None:
     return x if x is None or math.isfinite(x) else None
 
 
-def record_tree(spec: TreeSpec, progress: Callable[[str, int], None] | None = None) -> tuple[pa.Table, pa.Table]:
+def record_tree(spec: TreeSpec, progress: Callable[[str, int], None] | None = None, plan: list[Branch] | None = None,
+                keep: dict | None = None) -> tuple[pa.Table, pa.Table]:
     """Train one tree (all its replicates) for real and return its (runs, epochs) tables. Deterministic for a given
-    spec on a given machine."""
+    spec on a given machine.
+
+    ``plan``: the branches to train, the root included, parents before children (default ``plan_tree(spec)``).
+    ``keep``: a dict that receives the state saved at every decision epoch of ``spec.depth`` that each run trained
+    reaches, ``{(run_id, epoch): bytes}`` (what ``grow_branches`` forks later branches from)."""
     import torch
 
     spec = spec.resolved()
     task: TorchTask = get_task(spec.task)
     sc = task.scenario(spec.scenario, spec.seed)
-    plan = plan_tree(spec)
+    plan = plan_tree(spec) if plan is None else plan
+    points = set(decision_epochs(sc.epochs, spec.decide_every, spec.depth)) if keep is not None else set()
     children: dict[Branch, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
     for b in plan:
         if b:
@@ -267,7 +316,47 @@ def record_tree(spec: TreeSpec, progress: Callable[[str, int], None] | None = No
             st = task.restore(blob)
             if r > 0:
                 task.reseed(st, spec.noise_seed(r))
-            _train_branch(task, spec, (), st, initial["val_loss"], children, runs, epochs, progress, r)
+            _train_branch(task, spec, (), st, initial["val_loss"], children, runs, epochs, progress, r, keep, points)
+    finally:
+        torch.set_num_threads(threads)
+    return runs.table(), epochs.table()
+
+
+def grow_branches(spec: TreeSpec, todo: dict[int, list[Branch]], forks: dict[tuple[str, int], bytes], initial_val: float,
+                  progress: Callable[[str, int], None] | None = None, keep: dict | None = None) -> tuple[pa.Table, pa.Table]:
+    """Train new branches of a tree that is recorded in part and return their (runs, epochs) tables.
+
+    ``todo[r]``: the branches replicate ``r`` lacks, each one's parent either recorded there (its state at the
+    branch's epoch in ``forks``, keyed ``(parent run id, epoch)``) or in ``todo[r]`` itself (trained first, by the
+    engine's recursion). A branch whose parent has no saved state at its epoch (the parent diverged or stopped
+    before it) is not trained, as in a full tree. ``initial_val`` is the root's validation loss before training
+    (the divergence rule's reference); ``keep`` receives the new runs' states as ``record_tree``'s does. Each branch
+    is trained exactly as ``record_tree`` trains it within a full tree, so on the same machine its rows are the same."""
+    import torch
+
+    spec = spec.resolved()
+    task: TorchTask = get_task(spec.task)
+    sc = task.scenario(spec.scenario, spec.seed)
+    points = set(decision_epochs(sc.epochs, spec.decide_every, spec.depth)) if keep is not None else set()
+    runs, epochs = _Columns(RUNS), _Columns(EPOCHS)
+    progress = progress or (lambda kind, n: None)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for r in sorted(todo):
+            new = set(todo[r])
+            children: dict[Branch, dict[int, list[str]]] = defaultdict(lambda: defaultdict(list))
+            for b in sorted(new, key=lambda b: (len(b), b)):
+                if b and b[:-1] in new:
+                    children[b[:-1]][b[-1][0]].append(b[-1][1])
+            for b in sorted((b for b in new if b and b[:-1] not in new), key=lambda b: (len(b), b)):
+                blob = forks.get((run_id(spec, b[:-1], r), b[-1][0]))
+                if blob is None:  # its parent ended before this fork: nothing to train, as in a full tree
+                    progress("skipped", 1 + sum(1 for x in new if len(x) > len(b) and x[:len(b)] == b))
+                    continue
+                state = task.restore(blob)
+                task.apply(state, branch_hparams(state.hparams, b[-1][1]))
+                _train_branch(task, spec, b, state, initial_val, children, runs, epochs, progress, r, keep, points)
     finally:
         torch.set_num_threads(threads)
     return runs.table(), epochs.table()
@@ -321,15 +410,25 @@ def _run_row(runs: _Columns, task, spec: TreeSpec, branch: Branch, state: TrainS
     )
 
 
-def _train_branch(task, spec, branch, state, initial_val, children, runs, epochs, progress, replicate: int = 0) -> None:
+def _train_branch(task, spec, branch, state, initial_val, children, runs, epochs, progress, replicate: int = 0,
+                  keep: dict | None = None, points: set[int] = frozenset()) -> None:
+    """The engine (module docs): train run ``branch`` from ``state`` to the end, then each of its planned children
+    from the state saved at its epoch. ``keep`` also receives the state at each epoch of ``points`` after the
+    run's own fork (``record_tree``)."""
     sc = state.scenario
     kids = children.get(branch, {})
     forks: dict[int, bytes] = {}
     status = "complete"
+    own = branch[-1][0] if branch else -1
     if not (branch and branch[-1][1] == "stop"):
         while True:
-            if state.epoch in kids:  # the state every child of this run forks from (its noise included)
-                forks[state.epoch] = task.save(state)
+            kept = keep is not None and state.epoch in points and state.epoch > own
+            if state.epoch in kids or kept:  # the state every child of this run forks from (its noise included)
+                blob = task.save(state)
+                if state.epoch in kids:
+                    forks[state.epoch] = blob
+                if kept:
+                    keep[(run_id(spec, branch, replicate), state.epoch)] = blob
             if state.epoch >= sc.epochs:
                 break
             if _train_epochs(task, spec, state, state.epoch + 1, initial_val, epochs, progress, branch, replicate):
@@ -340,9 +439,9 @@ def _train_branch(task, spec, branch, state, initial_val, children, runs, epochs
     for d in sorted(forks):
         for action in kids[d]:
             child = task.restore(forks[d])
-            task.apply(child, apply_action(child.hparams, action))
+            task.apply(child, branch_hparams(child.hparams, action))
             _train_branch(task, spec, branch + ((d, action),), child, initial_val, children, runs, epochs, progress,
-                          replicate)
+                          replicate, keep, points)
     # Branches planned after a divergence are never trained: report them as done so progress adds up.
     skipped = sum(len(v) for d, v in kids.items() if d not in forks)
     if skipped:
@@ -416,6 +515,217 @@ def write_tree(out: Path, spec: TreeSpec, runs: pa.Table, epochs: pa.Table) -> N
     write_table(runs, paths["runs"], "runs", md)
 
 
+# --- growing a tree on demand: saved states, the growth of one tree, repair ----------------------------------------
+
+FORKS_DIR = ".tmsim-forks"
+#: Provenance fields that decide a recording's numbers: a tree is grown only where they are the same.
+_SAME_MACHINE = ("torch", "torch_git", "cpu_capability", "numpy", "blas", "cpu", "machine")
+
+
+def fork_path(out: Path, spec: TreeSpec, rid: str, epoch: int) -> Path:
+    """Where the state of run ``rid`` at decision epoch ``epoch`` is saved (``OUT/.tmsim-forks/task=T/``)."""
+    import hashlib
+
+    key = hashlib.sha256(rid.encode()).hexdigest()[:24]
+    return Path(out) / FORKS_DIR / f"task={spec.task}" / f"{spec.stem}~{key}~e{epoch}.pt"
+
+
+def save_forks(out: Path, spec: TreeSpec, keep: dict[tuple[str, int], bytes]) -> None:
+    """Write each saved state atomically (a temporary file renamed into place; one a writer left behind is removed
+    by the lock holder like any other, ``_remove_stale_temp_files``)."""
+    for (rid, epoch), blob in keep.items():
+        path = fork_path(out, spec, rid, epoch)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+        try:
+            with open(tmp, "wb") as fh:
+                fh.write(blob)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+
+@dataclass
+class GrowthInput:
+    """What growing one tree needs from the library (``growth_input``): the branches each replicate lacks, the saved
+    states they fork from, and the root's validation loss before training. ``fresh``: the tree is not there yet."""
+
+    fresh: bool
+    todo: dict[int, list[Branch]]
+    forks: dict[tuple[str, int], bytes]
+    initial_val: float | None = None
+
+    @property
+    def runs(self) -> int:
+        return sum(len(v) for v in self.todo.values())
+
+
+def prefix_closed(branches) -> list[Branch]:
+    """``branches`` with every prefix (the root included), parents first."""
+    out = {()}
+    for b in branches:
+        for i in range(1, len(b) + 1):
+            out.add(tuple(b[:i]))
+    return sorted(out, key=lambda b: (len(b), b))
+
+
+def _replicates(spec: TreeSpec) -> range:
+    return range(spec.first_replicate, spec.first_replicate + spec.replicates)
+
+
+def growth_input(out: Path, spec: TreeSpec, branches, load: bool = True) -> GrowthInput:
+    """Which of ``branches`` (paths: every replicate) and their prefixes the on-demand tree at ``out`` lacks, and
+    the saved states they fork from (read only with ``load``). Raises ``TraceError`` when a state they need is missing (the tree cannot be
+    grown) or the tree was recorded with another build or CPU (growing it would mix draws)."""
+    import pyarrow.compute as pc
+
+    spec = spec.resolved()
+    want = prefix_closed(branches)
+    paths = tree_paths(out, spec)
+    if not is_recorded(out, spec):
+        return GrowthInput(True, {r: want for r in _replicates(spec)}, {})
+    _check_same_machine(paths["runs"])
+    runs = {r["run_id"]: r for r in read_table(paths["runs"], "runs").select(["run_id", "status", "end_epoch"]).to_pylist()}
+    ep = read_table(paths["epochs"], "epochs")
+    root = run_id(spec, (), spec.first_replicate)
+    first = ep.filter(pc.and_(pc.equal(ep["run_id"], root), pc.equal(ep["epoch"], 0)))["val_loss"].to_pylist()
+    todo: dict[int, list[Branch]] = {}
+    forks: dict[tuple[str, int], bytes] = {}
+    for r in _replicates(spec):
+        new = [b for b in want if run_id(spec, b, r) not in runs]
+        if new:
+            todo[r] = new
+        news = set(new)
+        for b in new:
+            if not b or b[:-1] in news:
+                continue
+            parent, d = run_id(spec, b[:-1], r), b[-1][0]
+            path = fork_path(out, spec, parent, d)
+            if path.exists():
+                if load:
+                    forks[(parent, d)] = path.read_bytes()
+                continue
+            row = runs[parent]
+            ended = (b[:-1] and b[:-1][-1][1] == "stop") or (row["status"] == "diverged" and row["end_epoch"] <= d)
+            if not ended:
+                raise TraceError(f"{path}: the saved state of {parent} at epoch {d} is missing, so {run_id(spec, b, r)} "
+                                 "cannot be forked from it; record this tree again into another --out")
+    return GrowthInput(False, todo, forks, first[0] if first else None)
+
+
+def _check_same_machine(path: Path) -> None:
+    import json
+
+    try:
+        was = json.loads(file_metadata(path).get("tmsim.provenance") or "{}")
+    except ValueError:
+        was = {}
+    now = provenance()
+    diff = [k for k in _SAME_MACHINE if k in was and was[k] != now.get(k)]
+    if diff:
+        raise TraceError(f"{path}: field 'tmsim.provenance' says this tree was recorded with another "
+                         f"{', '.join(diff)} ({', '.join(f'{was[k]} vs {now.get(k)} here' for k in diff)}): a branch "
+                         "trained here would be a draw of another machine; grow it where it was recorded, or use "
+                         "another --out")
+
+
+def train_growth(spec: TreeSpec, inp: GrowthInput, progress=None) -> tuple[pa.Table, pa.Table, dict]:
+    """Train what ``inp`` asks for: (new runs, new epochs, the states saved on the way). No file is touched (a Ray
+    task runs this where the library is not)."""
+    keep: dict[tuple[str, int], bytes] = {}
+    if inp.fresh:
+        plan = next(iter(inp.todo.values()), [()])
+        runs, epochs = record_tree(spec, progress, plan=plan, keep=keep)
+    else:
+        runs, epochs = grow_branches(spec, inp.todo, inp.forks, inp.initial_val, progress, keep)
+    return runs, epochs, keep
+
+
+def commit_growth(out: Path, spec: TreeSpec, runs: pa.Table, epochs: pa.Table, keep: dict) -> tuple[int, int]:
+    """Save the new states, then write the tree with the new rows added to the old (epochs first, runs last, each
+    atomically; a run already there is never written twice). Returns (runs, epochs) added."""
+    from .traces.format import conform
+
+    save_forks(out, spec, keep)
+    paths = tree_paths(out, spec)
+    if paths["runs"].exists():
+        old_runs = conform(read_table(paths["runs"], "runs"), "runs").replace_schema_metadata(None)
+        known = set(old_runs["run_id"].to_pylist())
+        old_ep = conform(read_table(paths["epochs"], "epochs"), "epochs").replace_schema_metadata(None)
+        runs, epochs = _rows_of(conform(runs, "runs"), known, False), _rows_of(conform(epochs, "epochs"), known, False)
+        added = (runs.num_rows, epochs.num_rows)
+        runs = pa.concat_tables([old_runs, runs.replace_schema_metadata(None)])
+        epochs = pa.concat_tables([_rows_of(old_ep, known, True), epochs.replace_schema_metadata(None)])
+    else:
+        added = (runs.num_rows, epochs.num_rows)
+    write_tree(out, spec, runs, epochs)
+    return added
+
+
+def _rows_of(table: pa.Table, run_ids: set[str], inside: bool) -> pa.Table:
+    """The rows of ``table`` whose run is (``inside``) or is not among ``run_ids``."""
+    import pyarrow.compute as pc
+
+    mask = pc.is_in(table["run_id"], value_set=pa.array(sorted(run_ids), pa.string()))
+    return table.filter(mask if inside else pc.invert(mask))
+
+
+def grow_tree(out: Path, spec: TreeSpec, branches, progress=None) -> tuple[int, int]:
+    """Add ``branches`` (and their prefixes, the root included) to the on-demand tree ``spec`` at ``out`` on every
+    replicate, recording the tree first when it is not there; returns (runs, epochs) added."""
+    out = Path(out)
+    inp = growth_input(out, spec, branches)
+    if not inp.todo:
+        return 0, 0
+    return commit_growth(out, spec, *train_growth(spec, inp, progress))
+
+
+def repair_tree(out: Path, spec: TreeSpec) -> bool:
+    """Drop the epoch rows of runs the tree's runs file does not hold (a recorder stopped between its two writes),
+    and an epochs file without its runs file. True when something was removed."""
+    paths = tree_paths(out, spec)
+    if not paths["runs"].exists():
+        if paths["epochs"].exists():
+            paths["epochs"].unlink()
+            return True
+        return False
+    if not paths["epochs"].exists():
+        return False
+    runs = read_table(paths["runs"], "runs")
+    epochs = read_table(paths["epochs"], "epochs")
+    keep = _rows_of(epochs, set(runs["run_id"].to_pylist()), True)
+    if keep.num_rows == epochs.num_rows:
+        return False
+    md = {k[len("tmsim."):]: v for k, v in file_metadata(paths["epochs"]).items()
+          if k not in ("tmsim.schema_version", "tmsim.table")}
+    write_table(keep, paths["epochs"], "epochs", md)
+    return True
+
+
+@dataclass(frozen=True)
+class Growth:
+    """A job for the recorder's executors: grow the on-demand tree ``spec`` by ``branches`` (``grow_tree``)."""
+
+    spec: TreeSpec
+    branches: tuple[Branch, ...]
+
+
+def job_spec(job) -> TreeSpec:
+    """The tree a job (a ``TreeSpec`` to record, or a ``Growth``) records."""
+    return job.spec if isinstance(job, Growth) else job
+
+
+def _run_job(out: Path, job, progress) -> tuple[int, int]:
+    """Do one job in this process and write its result; (runs, epochs) written."""
+    if isinstance(job, Growth):
+        return grow_tree(out, job.spec, job.branches, progress)
+    runs, epochs = record_tree(job, progress)
+    write_tree(out, job, runs, epochs)
+    return runs.num_rows, epochs.num_rows
+
+
 # --- recording safely: the library lock, signals, worker processes ------------------------------------------------
 
 LOCK_NAME = ".tmsim-record.lock"
@@ -442,7 +752,7 @@ class TreesNotRecorded(RuntimeError):
         self.failed = failed
         self.stats = stats
         super().__init__(f"{len(failed)} tree(s) could not be recorded: "
-                         + "; ".join(f"{run_id(s, ())} ({why})" for s, why in failed))
+                         + "; ".join(f"{run_id(job_spec(s), ())} ({why})" for s, why in failed))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -595,7 +905,8 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def _worker_main(conn, task_refs: dict[str, str], parent_pid: int) -> None:
-    """A worker process: record each tree the recorder sends over ``conn`` (``(out, spec)``) until it sends None.
+    """A worker process: do each job the recorder sends over ``conn`` (``(out, job)``: a ``TreeSpec`` to record or
+    a ``Growth``) until it sends None.
 
     It reports ``("progress", kind, n)`` while training, then ``("done", runs, epochs)`` or ``("error", text)``. It
     ignores SIGINT: a Ctrl-C reaches the whole process group, and the recorder decides what happens.
@@ -620,12 +931,11 @@ def _worker_main(conn, task_refs: dict[str, str], parent_pid: int) -> None:
             conn.send(("error", init_error))
             continue
         try:
-            runs, epochs = record_tree(spec, lambda kind, n: conn.send(("progress", kind, n)))
-            write_tree(Path(out), spec, runs, epochs)
+            n_runs, n_epochs = _run_job(Path(out), spec, lambda kind, n: conn.send(("progress", kind, n)))
         except Exception as exc:
             conn.send(("error", _one_line(exc)))
         else:
-            conn.send(("done", runs.num_rows, epochs.num_rows))
+            conn.send(("done", n_runs, n_epochs))
 
 
 class _Worker:
@@ -846,17 +1156,7 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
                     bar.update(n)
 
             try:
-                if executor == "ray" and todo:
-                    from .record_ray import record_in_ray
-
-                    failed = record_in_ray(todo, out, retries, on_progress, on_done, ray_address)
-                elif workers == 1:
-                    for s in todo:
-                        runs, epochs = record_tree(s, on_progress)
-                        write_tree(out, s, runs, epochs)
-                        on_done(s, runs.num_rows, epochs.num_rows)
-                elif todo:
-                    failed = _record_in_workers(todo, out, workers, retries, on_progress, on_done)
+                failed = run_jobs(todo, out, workers, retries, executor, ray_address, on_progress, on_done)
             finally:
                 bar.close()
                 _remove_stale_temp_files(out)  # those of workers that were stopped mid-write
@@ -868,6 +1168,26 @@ def record(specs: list[TreeSpec], out: str | os.PathLike, workers: int = 2, over
     if failed:
         raise TreesNotRecorded(failed, stats)
     return stats
+
+
+def run_jobs(jobs: list, out: Path, workers: int, retries: int, executor: str, ray_address: str | None, on_progress,
+             on_done) -> list[tuple[object, str]]:
+    """Do ``jobs`` (``TreeSpec``s to record, ``Growth``s of on-demand trees) with the chosen executor, the caller
+    holding the library lock: in this process (``workers=1``), in worker processes, or one Ray task each. Calls
+    ``on_progress(kind, n)`` while training and ``on_done(job, runs, epochs)`` when a job's tree is written;
+    returns ``[(job, why)]`` for the jobs that failed (``workers=1``: a task's error propagates)."""
+    if not jobs:
+        return []
+    if executor == "ray":
+        from .record_ray import record_in_ray
+
+        return record_in_ray(jobs, out, retries, on_progress, on_done, ray_address)
+    if workers == 1:
+        for job in jobs:
+            n_runs, n_epochs = _run_job(out, job, on_progress)
+            on_done(job, n_runs, n_epochs)
+        return []
+    return _record_in_workers(jobs, out, workers, retries, on_progress, on_done)
 
 
 def specs_from_args(tasks: list[str], scenarios: list[str] | None, seeds: list[int], depth: int, decide_every: int | None,

@@ -83,30 +83,59 @@ def _tree_task(spec, task_refs: dict[str, str]) -> tuple[bytes, bytes]:
     return _to_ipc(runs), _to_ipc(epochs)
 
 
+def _growth_task(spec, inp, task_refs: dict[str, str]) -> tuple[bytes, bytes, dict]:
+    """Runs in a Ray worker: grow one on-demand tree from the saved states the driver sent (``inp``, a
+    ``GrowthInput``); return the new rows and the states saved on the way (the driver writes them)."""
+    from .record import _worker_init, train_growth
+
+    _worker_init(task_refs)
+    runs, epochs, keep = train_growth(spec, inp)
+    return _to_ipc(runs), _to_ipc(epochs), keep
+
+
 def record_in_ray(todo: list, out: Path, retries: int, on_progress: Callable[[str, int], None],
                   on_done: Callable, address: str | None = None) -> list[tuple[object, str]]:
-    """Record ``todo`` (``TreeSpec``s) as Ray tasks and write each finished tree into ``out``; return the trees that
-    could not be recorded, with why (module docs)."""
-    from .record import write_tree
+    """Record ``todo`` (``TreeSpec``s, and ``Growth``s of on-demand trees: ``tmsim evaluate``) as Ray tasks and write
+    each finished tree into ``out``; return the jobs that could not be done, with why (module docs). A growth's
+    saved states travel with its task (read here before, written here after), so its workers need not see ``out``."""
+    from .record import Growth, commit_growth, growth_input, write_tree
 
     refs = TASKS.refs()
     jobs = []
-    for spec in todo:
+    for job in todo:
+        spec = job.spec if isinstance(job, Growth) else job
         gpus = float(getattr(get_task(spec.task), "gpus", 0) or 0)
-        jobs.append((spec, f"tmsim-tree-{spec.task}-{spec.stem}", gpus, (spec, refs)))
+        if isinstance(job, Growth):
+            inp = growth_input(out, spec, job.branches)
+            if not inp.todo:
+                on_done(job, 0, 0)
+                continue
+            jobs.append((job, f"tmsim-grow-{spec.task}-{spec.stem}", gpus, ("grow", spec, inp, refs)))
+        else:
+            jobs.append((job, f"tmsim-tree-{spec.task}-{spec.stem}", gpus, ("tree", spec, refs)))
 
-    def write(spec, runs, epochs) -> None:
-        write_tree(out, spec, runs, epochs)
-        on_progress("runs", runs.num_rows)
-        on_progress("epochs", epochs.num_rows)
-        on_done(spec, runs.num_rows, epochs.num_rows)
+    def write(job, runs, epochs, keep=None) -> None:
+        if isinstance(job, Growth):
+            n_runs, n_epochs = commit_growth(out, job.spec, runs, epochs, keep or {})
+        else:
+            write_tree(out, job, runs, epochs)
+            n_runs, n_epochs = runs.num_rows, epochs.num_rows
+        on_progress("runs", n_runs)
+        on_progress("epochs", n_epochs)
+        on_done(job, n_runs, n_epochs)
 
-    return run_trees(_tree_task, jobs, write, retries, address)
+    return run_trees(_job_task, jobs, write, retries, address) if jobs else []
+
+
+def _job_task(kind: str, *args):
+    """Runs in a Ray worker: a tree to record (``_tree_task``) or a tree to grow (``_growth_task``)."""
+    return _tree_task(*args) if kind == "tree" else _growth_task(*args)
 
 
 def run_trees(fn, jobs: list, write: Callable, retries: int, address: str | None = None) -> list[tuple[object, str]]:
     """Run ``fn(*args)`` as one Ray task per job ``(key, name, gpus, args)``; ``fn`` returns (runs, epochs) as IPC
-    bytes and ``write(key, runs, epochs)`` stores them as each arrives. Returns [(key, why)] for the jobs that
+    bytes, and anything after them is passed on (a growth's saved states): ``write(key, runs, epochs, *rest)``
+    stores them as each arrives. Returns [(key, why)] for the jobs that
     failed. Starts (and stops) a local Ray instance unless one is running or ``address``/``RAY_ADDRESS`` names a
     cluster."""
     try:
@@ -138,14 +167,14 @@ def run_trees(fn, jobs: list, write: Callable, retries: int, address: str | None
             for ref in done:
                 spec = pending.pop(ref)
                 try:
-                    runs_b, epochs_b = ray.get(ref)
+                    runs_b, epochs_b, *rest = ray.get(ref)
                 except RayTaskError as exc:  # the task raised: final (it would raise again)
                     failed.append((spec, _one_line(exc.cause if exc.cause is not None else exc)))
                     continue
                 except RayError as exc:  # its worker died more often than Ray retries
                     failed.append((spec, f"its Ray worker was lost {retries + 1} times ({type(exc).__name__})"))
                     continue
-                write(spec, _from_ipc(runs_b), _from_ipc(epochs_b))
+                write(spec, _from_ipc(runs_b), _from_ipc(epochs_b), *rest)
     finally:
         if started:
             ray.shutdown()
