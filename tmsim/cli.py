@@ -92,6 +92,80 @@ def _record_trainer(args: argparse.Namespace, seeds: list[int]) -> int:
     return 1 if stats.get("failed") else 0
 
 
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from .evaluate.on_demand import dumps, evaluate, format_costs, tree_specs
+    from .policies import find_specs
+    from .record import RecorderBusy, RecordingInterrupted, TreesNotRecorded, parse_seeds, run_id
+
+    suite = None
+    if args.suite:
+        from .evaluate.leaderboard import load_suite
+
+        suite = load_suite(args.suite)
+    paths = args.policies or (_suite_policies(suite) if suite is not None else None)
+    if not paths:
+        raise ValueError("tmsim evaluate needs --policies (spec files or directories) or --suite")
+    specs = [s for arg in paths for s in find_specs(arg)]
+    say = print
+    if args.trainer:
+        return _evaluate_trainer(args, specs, suite)
+    if args.task:
+        tasks = args.task.split(",")
+        scenarios = None if args.scenario in (None, "all") else args.scenario.split(",")
+        seeds = parse_seeds(args.seeds)
+    elif suite is not None and suite.tasks and suite.seeds:
+        tasks, scenarios, seeds = suite.tasks, suite.scenarios or None, suite.seeds
+    else:
+        raise ValueError("tmsim evaluate needs a run source: --task (with --scenario and --seeds), --trainer "
+                         "FILE.py:FUNCTION, or a --suite that names tasks and seeds")
+    trees = tree_specs(tasks, scenarios, seeds, args.replicates)
+    try:
+        res = evaluate(trees, specs, args.out, bounds=suite.bounds if suite else None, gate=suite.gate if suite else None,
+                       oracle_depth=args.oracle_depth, budget=args.budget, workers=args.workers,
+                       executor=args.executor, ray_address=args.ray_address, policy_library=args.policy_traces,
+                       surrogate=args.surrogate, dry_run=args.dry_run, show_progress=not args.quiet,
+                       timeout=args.timeout, say=say, suite_name=suite.name if suite else None)
+    except RecorderBusy as exc:
+        print(f"tmsim: error: {exc}", file=sys.stderr)
+        return 1
+    except RecordingInterrupted as exc:
+        print(f"tmsim: {exc}; every branch finished so far is on disk and `tmsim evaluate` resumes from them",
+              file=sys.stderr)
+        return 128 + exc.signum
+    except TreesNotRecorded as exc:
+        for job, why in exc.failed:
+            print(f"tmsim: error: tree {run_id(getattr(job, 'spec', job), ())} not grown: {why}", file=sys.stderr)
+        return 1
+    return _evaluate_output(args, res)
+
+
+def _evaluate_output(args: argparse.Namespace, res) -> int:
+    from .evaluate.leaderboard import format_table
+    from .evaluate.on_demand import dumps, format_costs
+
+    if res.board is not None:
+        print(format_table(res.board))
+        if all(s.replayed_share == 1.0 for s in res.board.scores):
+            print("    exact: every row is replayed from recorded branches; no surrogate was used (its trust line does "
+                  "not apply)")
+        for pid, lines in res.off_tree.items():
+            print(f"    not recorded for {pid}: {lines[0]}" + (f" (and {len(lines) - 1} more)" if len(lines) > 1 else ""))
+    print(format_costs(res) if res.board is not None else "dry run: nothing recorded")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(dumps(res) + "\n")
+    if res.board is not None and args.report:
+        from .evaluate.report import write_report
+
+        files = write_report(res.board, args.report)
+        print(f"report: {files['html']}")
+    return _failed_exit(res.board.failed) if res.board is not None else 0
+
+
+def _evaluate_trainer(args: argparse.Namespace, specs, suite) -> int:
+    raise ValueError("--trainer is not supported by tmsim evaluate yet")
+
+
 def _cmd_query(args: argparse.Namespace) -> int:
     if not args.timeout >= 0:  # also refuses nan
         raise ValueError(f"--timeout must be >= 0 seconds (0: no limit), got {args.timeout:g}")
@@ -526,6 +600,39 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--quiet", action="store_true", help="no progress bar")
     r.set_defaults(func=_cmd_record)
 
+    ev = sub.add_parser("evaluate", help="exact verdicts on your run: record on demand only the branches the policies "
+                                         "take, then score them (docs/record-your-run.md)")
+    ev.add_argument("--task", default=None, help="task name(s) or package.module:Class, comma-separated")
+    ev.add_argument("--trainer", default=None, metavar="FILE.py:FUNCTION",
+                    help="your own Hugging Face Trainer: a factory returning a configured Trainer (as tmsim record)")
+    ev.add_argument("--scenario", default="all", help="scenario name(s), comma-separated, or 'all'")
+    ev.add_argument("--seeds", default="0-4", help="e.g. 0-4 or 0,2,5")
+    ev.add_argument("--replicates", type=int, default=1,
+                    help="record each tree this many times, differing only in post-fork noise (default 1)")
+    ev.add_argument("--policies", nargs="+", default=None, help="policy spec files or directories")
+    ev.add_argument("--suite", type=Path, default=None,
+                    help="a suite: its policies (unless --policies), bounds and gate, and its tasks and seeds as the "
+                         "run source unless --task or --trainer is given")
+    ev.add_argument("--out", required=True, type=Path, help="the trace library it creates or extends (one recorder at a time)")
+    ev.add_argument("--oracle-depth", type=int, default=0,
+                    help="also record the full menu to this depth, so the oracle is an upper bound there (default 0)")
+    ev.add_argument("--budget", type=int, default=None,
+                    help="at most this many runs per tree and replicate; rollouts beyond it use the surrogate (marked ~)")
+    ev.add_argument("--dry-run", action="store_true", help="print the plan and the cost estimate only")
+    ev.add_argument("--workers", type=int, default=1, help="processes that train branches (default 1: this process)")
+    ev.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="local worker processes (default) or one Ray task per tree and round (pip install 'tmsim[ray]')")
+    ev.add_argument("--ray-address", default=None, help="the Ray cluster (default: $RAY_ADDRESS, else a local instance)")
+    ev.add_argument("--policy-traces", type=Path, default=None,
+                    help="the library policies that learn from traces are built on (gbm, lookup; default the bundled one)")
+    ev.add_argument("--surrogate", type=Path, default=None,
+                    help="surrogate file for rollouts left off the tree by --budget (default: fitted on --out)")
+    ev.add_argument("--timeout", type=float, default=None, help="seconds a policy may take per decision (default 30)")
+    ev.add_argument("--json", type=Path, default=None, help="write rows, runs_trained and runs_full_tree as JSON")
+    ev.add_argument("--report", type=Path, default=None, help="also write the leaderboard report into this directory")
+    ev.add_argument("--quiet", action="store_true", help="no progress bars")
+    ev.set_defaults(func=_cmd_evaluate)
+
     q = sub.add_parser("query", help="run read-only SQL over the runs/epochs/decisions/lineage views")
     q.add_argument("sql")
     q.add_argument("--traces", type=Path, default=None)
@@ -672,7 +779,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"tmsim: error: {exc}", file=sys.stderr)
         rc = 2
     except KeyboardInterrupt:
-        extra = "; finished trees are on disk and `tmsim record` resumes from them" if args.command == "record" else ""
+        extra = {"record": "; finished trees are on disk and `tmsim record` resumes from them",
+                 "evaluate": "; finished branches are on disk and `tmsim evaluate` resumes from them"}.get(args.command, "")
         print(f"tmsim: interrupted{extra}", file=sys.stderr)
         rc = 130
     return rc
