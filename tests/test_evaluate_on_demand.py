@@ -19,7 +19,7 @@ import pytest
 from tmsim.cli import REPO
 from tmsim.evaluate.leaderboard import Suite, json_rows, run_leaderboard
 from tmsim.evaluate.on_demand import build_policies, evaluate, tree_specs
-from tmsim.policies import PolicySpec
+from tmsim.policies import PolicySpec, load_spec
 from tmsim.record import (TreeSpec, plan_tree, prefix_closed, read_table, record, record_tree, specs_from_args,
                           tree_paths, write_tree)
 from tmsim.traces import TreeIndex, content_hash, load_library
@@ -265,3 +265,27 @@ def test_the_ray_executors_growth_task_writes_what_the_local_engine_writes(tmp_p
     assert a[spec.stem][0]["run_id"].to_pylist() == b[spec.stem][0]["run_id"].to_pylist()
     assert content_hash(a[spec.stem][1]) == content_hash(b[spec.stem][1])
     assert "blowup:calm:s3:r1+e2:lr_down+e4:set_lr=0.0123" in a[spec.stem][0]["run_id"].to_pylist()
+
+
+def test_a_trainer_run_is_evaluated_through_its_own_checkpoints_as_record_trainer_records_it(tmp_path):
+    """The user's HF ``Trainer`` (the example factory): the branch a policy takes is resumed from the root's kept
+    checkpoint and equals, row for row, what ``tmsim record --trainer`` records for it (same machine, same seed)."""
+    from tmsim.cli import main
+
+    factory = f"{REPO / 'examples' / 'hf_trainer_tree.py'}:make_trainer"
+    seq = tmp_path / "seq.toml"
+    seq.write_text('name = "seq"\nkind = "sequence"\n[settings]\nactions = ["lr_down", "continue", "continue"]\n')
+    res = evaluate(None, [load_spec(seq)], tmp_path / "mine", trainer=(factory, None, "default", [0]),
+                   show_progress=False, say=lambda m: None)
+    assert all(s.replayed_share == 1.0 for s in res.board.scores) and res.costs["runs_trained"] == 2
+    assert main(["record", "--trainer", factory, "--seeds", "0", "--depth", "1", "--out", str(tmp_path / "full"),
+                 "--quiet"]) == 0
+    a, b = load_library(tmp_path / "mine", strict=True), load_library(tmp_path / "full", strict=True)
+    common = sorted(set(a.runs["run_id"].to_pylist()) & set(b.runs["run_id"].to_pylist()))
+    assert common == ["hf-trainer-tree:default:s0", "hf-trainer-tree:default:s0+e1:lr_down"]
+
+    def rows(lib):
+        t = lib.epochs.filter(pc.is_in(lib.epochs["run_id"], value_set=pa.array(common)))
+        return t.sort_by([("run_id", "ascending"), ("epoch", "ascending")])
+
+    assert content_hash(rows(a)) == content_hash(rows(b))

@@ -93,7 +93,7 @@ def _record_trainer(args: argparse.Namespace, seeds: list[int]) -> int:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from .evaluate.on_demand import dumps, evaluate, format_costs, tree_specs
+    from .evaluate.on_demand import evaluate, tree_specs
     from .policies import find_specs
     from .record import RecorderBusy, RecordingInterrupted, TreesNotRecorded, parse_seeds, run_id
 
@@ -107,20 +107,24 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise ValueError("tmsim evaluate needs --policies (spec files or directories) or --suite")
     specs = [s for arg in paths for s in find_specs(arg)]
     say = print
-    if args.trainer:
-        return _evaluate_trainer(args, specs, suite)
-    if args.task:
+    trees = trainer = None
+    if args.trainer:  # decisions at the Trainer's evaluations; one tree per seed, one replicate (its own noise)
+        if args.replicates != 1:
+            raise ValueError("--replicates goes with --task: a Trainer's tree is recorded once per seed")
+        trainer = (args.trainer, args.task, "default" if args.scenario in (None, "all") else args.scenario,
+                   parse_seeds(args.seeds))
+    elif args.task:
         tasks = args.task.split(",")
         scenarios = None if args.scenario in (None, "all") else args.scenario.split(",")
-        seeds = parse_seeds(args.seeds)
+        trees = tree_specs(tasks, scenarios, parse_seeds(args.seeds), args.replicates)
     elif suite is not None and suite.tasks and suite.seeds:
-        tasks, scenarios, seeds = suite.tasks, suite.scenarios or None, suite.seeds
+        trees = tree_specs(suite.tasks, suite.scenarios or None, suite.seeds, args.replicates)
     else:
         raise ValueError("tmsim evaluate needs a run source: --task (with --scenario and --seeds), --trainer "
                          "FILE.py:FUNCTION, or a --suite that names tasks and seeds")
-    trees = tree_specs(tasks, scenarios, seeds, args.replicates)
     try:
-        res = evaluate(trees, specs, args.out, bounds=suite.bounds if suite else None, gate=suite.gate if suite else None,
+        res = evaluate(trees, specs, args.out, trainer=trainer, bounds=suite.bounds if suite else None,
+                       gate=suite.gate if suite else None,
                        oracle_depth=args.oracle_depth, budget=args.budget, workers=args.workers,
                        executor=args.executor, ray_address=args.ray_address, policy_library=args.policy_traces,
                        surrogate=args.surrogate, dry_run=args.dry_run, show_progress=not args.quiet,
@@ -160,10 +164,6 @@ def _evaluate_output(args: argparse.Namespace, res) -> int:
         files = write_report(res.board, args.report)
         print(f"report: {files['html']}")
     return _failed_exit(res.board.failed) if res.board is not None else 0
-
-
-def _evaluate_trainer(args: argparse.Namespace, specs, suite) -> int:
-    raise ValueError("--trainer is not supported by tmsim evaluate yet")
 
 
 def _cmd_query(args: argparse.Namespace) -> int:

@@ -646,22 +646,27 @@ def train_growth(spec: TreeSpec, inp: GrowthInput, progress=None) -> tuple[pa.Ta
 def commit_growth(out: Path, spec: TreeSpec, runs: pa.Table, epochs: pa.Table, keep: dict) -> tuple[int, int]:
     """Save the new states, then write the tree with the new rows added to the old (epochs first, runs last, each
     atomically; a run already there is never written twice). Returns (runs, epochs) added."""
-    from .traces.format import conform
-
     save_forks(out, spec, keep)
-    paths = tree_paths(out, spec)
-    if paths["runs"].exists():
-        old_runs = conform(read_table(paths["runs"], "runs"), "runs").replace_schema_metadata(None)
-        known = set(old_runs["run_id"].to_pylist())
-        old_ep = conform(read_table(paths["epochs"], "epochs"), "epochs").replace_schema_metadata(None)
-        runs, epochs = _rows_of(conform(runs, "runs"), known, False), _rows_of(conform(epochs, "epochs"), known, False)
-        added = (runs.num_rows, epochs.num_rows)
-        runs = pa.concat_tables([old_runs, runs.replace_schema_metadata(None)])
-        epochs = pa.concat_tables([_rows_of(old_ep, known, True), epochs.replace_schema_metadata(None)])
-    else:
-        added = (runs.num_rows, epochs.num_rows)
+    runs, epochs, added = merge_rows(tree_paths(out, spec), runs, epochs)
     write_tree(out, spec, runs, epochs)
     return added
+
+
+def merge_rows(paths: dict[str, Path], runs: pa.Table, epochs: pa.Table) -> tuple[pa.Table, pa.Table, tuple[int, int]]:
+    """The tree at ``paths`` with the new ``runs`` and ``epochs`` added: old rows kept as they were, a new run that
+    is already there left out, epoch rows of runs the runs file does not hold dropped (a torn growth). Returns
+    (runs, epochs, (runs, epochs) added)."""
+    from .traces.format import conform
+
+    runs, epochs = conform(runs, "runs").replace_schema_metadata(None), conform(epochs, "epochs").replace_schema_metadata(None)
+    if not paths["runs"].exists():
+        return runs, epochs, (runs.num_rows, epochs.num_rows)
+    old_runs = conform(read_table(paths["runs"], "runs"), "runs").replace_schema_metadata(None)
+    known = set(old_runs["run_id"].to_pylist())
+    old_ep = conform(read_table(paths["epochs"], "epochs"), "epochs").replace_schema_metadata(None)
+    runs, epochs = _rows_of(runs, known, False), _rows_of(epochs, known, False)
+    return (pa.concat_tables([old_runs, runs]), pa.concat_tables([_rows_of(old_ep, known, True), epochs]),
+            (runs.num_rows, epochs.num_rows))
 
 
 def _rows_of(table: pa.Table, run_ids: set[str], inside: bool) -> pa.Table:
@@ -682,10 +687,11 @@ def grow_tree(out: Path, spec: TreeSpec, branches, progress=None) -> tuple[int, 
     return commit_growth(out, spec, *train_growth(spec, inp, progress))
 
 
-def repair_tree(out: Path, spec: TreeSpec) -> bool:
+def repair_tree(out: Path, spec: TreeSpec, paths: dict[str, Path] | None = None) -> bool:
     """Drop the epoch rows of runs the tree's runs file does not hold (a recorder stopped between its two writes),
-    and an epochs file without its runs file. True when something was removed."""
-    paths = tree_paths(out, spec)
+    and an epochs file without its runs file. True when something was removed. ``paths``: the tree's files when
+    they are not ``tree_paths(out, spec)`` (a Trainer's tree)."""
+    paths = paths or tree_paths(out, spec)
     if not paths["runs"].exists():
         if paths["epochs"].exists():
             paths["epochs"].unlink()

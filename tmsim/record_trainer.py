@@ -28,6 +28,12 @@ with an evaluation cadence: ``eval_strategy="steps"`` or ``"epoch"``). tmsim cal
    columns aside); a tree trained on a GPU matches only in distribution.
 
 Checkpoints live in ``OUT/.tmsim-trainer-work/`` while the tree is recorded and are removed after it.
+
+**On demand** (``tmsim evaluate --trainer``: ``expansion="on-demand"``, ``grow_trainer_tree``): the same recorder
+grows a tree in rounds. Every run it trains saves a fork checkpoint at every decision point after its own
+(``OUT/.tmsim-forks/task=T/SCENARIO-sSEED~RUN/eK``, kept), so a later round resumes the branch a policy asks for
+from the parent's checkpoint; a branch action may be an exact value (``set_lr=0.0123``), applied at train begin by
+the same actuators. The new rows are added to the tree's files (epochs first, runs last), the old ones kept.
 """
 from __future__ import annotations
 
@@ -228,8 +234,11 @@ class TrainerTreeSpec:
     seed: int = 0
     depth: int = 1
     budget: int | None = None
+    expansion: str = "plan"  # "on-demand": grown in rounds by ``grow_trainer_tree`` (module docs)
 
     def __post_init__(self) -> None:
+        if self.expansion not in ("plan", "on-demand"):
+            raise ValueError(f"expansion must be 'plan' or 'on-demand', got {self.expansion!r}")
         safe_name(self.task, "task")
         safe_name(self.scenario, "scenario")
         if self.depth < 0 or self.seed < 0 or (self.budget is not None and self.budget < 1):
@@ -238,9 +247,14 @@ class TrainerTreeSpec:
     def run_id(self, branch: Branch) -> str:
         return f"{self.task}:{self.scenario}:s{self.seed}" + "".join(f"+e{e}:{a}" for e, a in branch)
 
+    @property
+    def replicates(self) -> int:
+        return 1  # a Trainer's tree is one draw: its post-fork noise is the Trainer's own
+
     def recipe(self) -> str:
+        extra = {} if self.expansion == "plan" else {"expansion": self.expansion}
         return dumps({"trainer": self.trainer, "task": self.task, "scenario": self.scenario, "seed": self.seed,
-                      "depth": self.depth, "budget": self.budget, "recorder": RECORDER_VERSION})
+                      "depth": self.depth, "budget": self.budget, "recorder": RECORDER_VERSION, **extra})
 
     def paths(self, out: Path) -> dict[str, Path]:
         return {k: out / k / f"task={self.task}" / f"{self.scenario}-s{self.seed}.parquet" for k in ("runs", "epochs")}
@@ -365,9 +379,10 @@ class _Recorder:
         dst = self.fork_dir / f"e{self._pending_fork}"
         if dst.exists():
             shutil.rmtree(dst)
+        # what the checkpoint does not hold: the model's dropout (a module attribute, not a tensor); written before
+        # the move, so a fork in place is whole
+        (src / FORK_KNOBS).write_text(json.dumps({"dropout": self.dropout}), encoding="utf-8")
         shutil.move(str(src), str(dst))  # out of reach of the Trainer's checkpoint rotation
-        # what the checkpoint does not hold: the model's dropout (a module attribute, not a tensor)
-        (dst / FORK_KNOBS).write_text(json.dumps({"dropout": self.dropout}), encoding="utf-8")
         self.forks[self._pending_fork] = dst
         self._pending_fork = None
 
@@ -398,6 +413,7 @@ def _apply_at_begin(action: str, fork: Path):
     ``FORK_KNOBS``) and applies ``action`` to the resumed optimizer, scheduler and model."""
     from transformers import TrainerCallback
 
+    from .record import branch_hparams
     from .tasks import actuators
 
     class Apply(TrainerCallback):
@@ -407,21 +423,46 @@ def _apply_at_begin(action: str, fork: Path):
             if saved.get("dropout") is not None:
                 actuators.shift_dropout(model, saved["dropout"])
             hp = Hyperparams(lr=float("nan")).with_(**actuators.read_knobs(optimizer, lr_scheduler, model))
-            actuators.apply_knobs(optimizer, lr_scheduler, model, hp, apply_action(hp, action))
+            actuators.apply_knobs(optimizer, lr_scheduler, model, hp, branch_hparams(hp, action))
             return control
 
     return Apply()
 
 
+@dataclass
+class TrainerGrowth:
+    """An on-demand tree being grown (``grow_trainer_tree``): the runs already recorded, the root's validation loss
+    before training and its runs row's description of the run (copied into each new row), and where its fork
+    checkpoints are kept."""
+
+    recorded: set[str]
+    initial_val: float | None
+    meta: dict
+    store: Path
+
+    def fork_dir(self, rid: str) -> Path:
+        import hashlib
+
+        return self.store.parent / f"{self.store.name}~{hashlib.sha256(rid.encode()).hexdigest()[:24]}"
+
+    def saved(self, rid: str) -> dict[int, Path]:
+        """{decision point: fork checkpoint} kept for the recorded run ``rid``."""
+        d = self.fork_dir(rid)
+        return {int(p.name[1:]): p for p in d.glob("e*") if (p / FORK_KNOBS).exists()} if d.exists() else {}
+
+
 def record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | None = None, factory=None,
-                        progress: Callable[[str], None] | None = None) -> tuple[pa.Table, pa.Table]:
-    """Train the tree for real, with one torch thread, and return its (runs, epochs) tables (module docs)."""
+                        progress: Callable[[str], None] | None = None,
+                        grow: TrainerGrowth | None = None) -> tuple[pa.Table, pa.Table]:
+    """Train the tree for real, with one torch thread, and return its (runs, epochs) tables (module docs). With
+    ``grow``, only the runs of ``plan`` it has not recorded are trained, forked from its kept checkpoints."""
     with one_torch_thread():
-        return _record_trainer_tree(spec, out, plan, factory, progress)
+        return _record_trainer_tree(spec, out, plan, factory, progress, grow)
 
 
 def _record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | None, factory,
-                         progress: Callable[[str], None] | None) -> tuple[pa.Table, pa.Table]:
+                         progress: Callable[[str], None] | None,
+                         grow: TrainerGrowth | None = None) -> tuple[pa.Table, pa.Table]:
     say = progress or (lambda msg: None)
     factory = factory or load_factory(spec.trainer)
     work = out / ".tmsim-trainer-work" / f"{spec.task}-{spec.scenario}-s{spec.seed}"
@@ -437,16 +478,26 @@ def _record_trainer_tree(spec: TrainerTreeSpec, out: Path, plan: TrainerPlan | N
         runs: list[dict] = []
         epochs: list[dict] = []
         forks: dict[Branch, dict[int, Path]] = {}
-        initial_val: float | None = None
-        meta: dict[str, Any] = {}
+        initial_val: float | None = grow.initial_val if grow else None
+        meta: dict[str, Any] = dict(grow.meta) if grow else {}
         for b in plan.branches:
             rid = spec.run_id(b)
+            if grow is not None and rid in grow.recorded:  # recorded in an earlier round: fork from what it kept
+                forks[b] = grow.saved(rid)
+                continue
             parent_forks = forks.get(b[:-1], {}) if b else {}
             if b and b[-1][0] not in parent_forks:  # the parent diverged (or stopped) before this fork
                 continue
             first = 0 if not b else b[-1][0] + 1
-            rec = _Recorder(spec, b, plan, children.get(b, set()), work / f"forks{len(runs)}", first, initial_val)
-            (work / f"forks{len(runs)}").mkdir()
+            if grow is None:
+                fork_dir, forks_at = work / f"forks{len(runs)}", children.get(b, set())
+            else:  # every later decision point: a policy may branch there in a later round
+                fork_dir = grow.fork_dir(rid)
+                forks_at = {k for k in plan.points if k > (b[-1][0] if b else 0)}
+                if fork_dir.exists():
+                    shutil.rmtree(fork_dir)  # left by a run that was stopped before it was written
+            rec = _Recorder(spec, b, plan, forks_at, fork_dir, first, initial_val)
+            fork_dir.mkdir(parents=True)
             status = "complete"
             trainer = None
             if b and b[-1][1] == "stop":  # ends at its fork: nothing to train
@@ -520,6 +571,45 @@ def is_recorded(spec: TrainerTreeSpec, out: Path) -> bool:
         if file_metadata(p).get("tmsim.recipe") != spec.recipe():
             raise TraceError(f"{p}: field 'tmsim.recipe' differs from the requested recording; use --overwrite or another --out")
     return True
+
+
+#: The columns of a root's runs row that describe the run itself (``_run_meta``): a grown branch's row copies them.
+_META = ("model", "n_params", "dataset", "init_lr", "init_weight_decay", "init_dropout", "init_aux_loss_weight",
+         "optimizer", "optimizer_json", "settings_json")
+
+
+def grow_trainer_tree(out: Path, spec: TrainerTreeSpec, branches, plan: TrainerPlan, factory=None,
+                      say: Callable[[str], None] | None = None) -> tuple[int, int]:
+    """Add ``branches`` (and their prefixes, the root included) to the on-demand tree ``spec`` at ``out``, recording
+    the root first when the tree is not there; returns (runs, evaluations) added (module docs, "On demand"). The
+    caller holds the recorder's lock."""
+    import pyarrow.compute as pc
+
+    from .record import FORKS_DIR, _check_same_machine, merge_rows, prefix_closed, provenance
+
+    out = Path(out)
+    paths = spec.paths(out)
+    store = out / FORKS_DIR / f"task={spec.task}" / f"{spec.scenario}-s{spec.seed}"
+    grow = TrainerGrowth(set(), None, {}, store)
+    if is_recorded(spec, out):
+        _check_same_machine(paths["runs"])
+        rows = read_table(paths["runs"], "runs").to_pylist()
+        grow.recorded = {r["run_id"] for r in rows}
+        root = next(r for r in rows if r["parent_run_id"] is None)
+        grow.meta = {k: root[k] for k in _META}
+        ep = read_table(paths["epochs"], "epochs")
+        first = ep.filter(pc.and_(pc.equal(ep["run_id"], root["run_id"]), pc.equal(ep["epoch"], 0)))["val_loss"]
+        grow.initial_val = first[0].as_py() if len(first) else None
+    want = prefix_closed(branches)
+    if all(spec.run_id(b) in grow.recorded for b in want):
+        return 0, 0
+    plan = TrainerPlan(plan.max_steps, plan.eval_steps, plan.menu, want, plan.step_seconds)
+    runs, epochs = record_trainer_tree(spec, out, plan, factory or load_factory(spec.trainer), say, grow)
+    runs, epochs, added = merge_rows(paths, runs, epochs)
+    md = {"recipe": spec.recipe(), "provenance": dumps(provenance())}
+    write_table(epochs, paths["epochs"], "epochs", md)
+    write_table(runs, paths["runs"], "runs", md)
+    return added
 
 
 def _absolute_ref(ref: str) -> str:

@@ -120,6 +120,153 @@ def tree_specs(tasks: list[str], scenarios: list[str] | None, seeds: list[int], 
     return out
 
 
+class TaskSource:
+    """Trees of a ``Task`` (bundled, plugin, RL): the recorder's engine grows them (``tmsim.record.grow_tree``),
+    through its executors (this process, worker processes, Ray)."""
+
+    def shape(self, spec) -> tuple[int, int, list[int]]:
+        """(max epochs, the first decision epoch, the decision epochs) of a tree."""
+        from ..record import decision_epochs
+        from ..tasks import get_task
+
+        r = spec.resolved()
+        sc = get_task(r.task).scenario(r.scenario, r.seed)
+        points = decision_epochs(sc.epochs, r.decide_every, r.depth)
+        return sc.epochs, (points[0] if points else sc.epochs), points
+
+    def full_plan(self, spec, depth: int) -> list:
+        """The branches of a full tree (every menu action at the first ``depth`` decision epochs)."""
+        from dataclasses import replace
+
+        from ..record import plan_tree
+
+        return plan_tree(replace(spec, depth=depth, expansion="plan", budget=None))
+
+    def paths(self, out: Path, spec) -> dict[str, Path]:
+        from ..record import tree_paths
+
+        return tree_paths(out, spec)
+
+    def check(self, out: Path, spec) -> bool:
+        """Repair a torn growth; whether the tree is there (a tree of another recipe raises ``TraceError``)."""
+        from ..record import is_recorded, repair_tree
+
+        repair_tree(out, spec)
+        return is_recorded(out, spec)
+
+    def missing(self, out: Path, spec, branches) -> int:
+        from ..record import growth_input
+
+        return growth_input(out, spec, branches, load=False).runs
+
+    def run(self, out: Path, jobs: list, workers: int, retries: int, executor: str, ray_address, on_progress) -> list:
+        from ..record import Growth, run_jobs
+
+        return run_jobs([Growth(s, b) for s, b in jobs], out, workers, retries, executor, ray_address, on_progress,
+                        lambda job, nr, ne: None)
+
+    def epoch_seconds(self, specs: list) -> float | None:
+        """One probe epoch of the first tree's task trained here (after one to warm up), with one torch thread."""
+        import torch
+
+        from ..tasks import get_task
+
+        r = specs[0].resolved()
+        task = get_task(r.task)
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            state = task.build(r.scenario, r.seed)
+            task.train_epoch(state)
+            task.evaluate(state)
+            t0 = time.perf_counter()
+            task.train_epoch(state)
+            task.evaluate(state)
+            return time.perf_counter() - t0
+        finally:
+            torch.set_num_threads(threads)
+
+
+class TrainerSource(TaskSource):
+    """Trees of a user's Hugging Face ``Trainer`` (``tmsim.record_trainer``): decision points are its evaluations,
+    forks its own checkpoints (kept between rounds), grown in this process. ``plan`` is the probe's plan (the
+    evaluation schedule, the menu and the measured step time), shared by every seed."""
+
+    def __init__(self, plan, factory):
+        self.plan, self.factory = plan, factory
+
+    def shape(self, spec) -> tuple[int, int, list[int]]:
+        points = self.plan.points
+        return len(self.plan.eval_steps), points[0], points
+
+    def full_plan(self, spec, depth: int) -> list:
+        from ..record_trainer import plan_branches
+
+        return plan_branches(self.plan.points, self.plan.menu, depth, None, _tree_name(spec))
+
+    def paths(self, out: Path, spec) -> dict[str, Path]:
+        return spec.paths(out)
+
+    def check(self, out: Path, spec) -> bool:
+        from ..record import repair_tree
+        from ..record_trainer import is_recorded
+
+        repair_tree(out, spec, spec.paths(out))
+        return is_recorded(spec, out)
+
+    def missing(self, out: Path, spec, branches) -> int:
+        from ..record import prefix_closed
+        from ..traces.format import read_table
+
+        p = spec.paths(out)["runs"]
+        have = set(read_table(p, "runs")["run_id"].to_pylist()) if p.exists() else set()
+        return sum(spec.run_id(b) not in have for b in prefix_closed(branches))
+
+    def run(self, out: Path, jobs: list, workers: int, retries: int, executor: str, ray_address, on_progress) -> list:
+        from ..record_trainer import grow_trainer_tree
+
+        for spec, branches in jobs:
+            runs0, epochs0 = library_cost(self, out, spec)
+            grow_trainer_tree(out, spec, branches, self.plan, self.factory)
+            runs1, epochs1 = library_cost(self, out, spec)
+            on_progress("runs", runs1 - runs0)
+            on_progress("epochs", epochs1 - epochs0)
+        return []
+
+    def epoch_seconds(self, specs: list) -> float | None:
+        """The probe's step time times the optimizer steps between two evaluations (the tree's "epoch")."""
+        p = self.plan
+        if not p.step_seconds or not p.eval_steps:
+            return None
+        return p.step_seconds * p.max_steps / len(p.eval_steps)
+
+
+def trainer_source(trainer: str, task: str | None, scenario: str, seeds: list[int], out: Path,
+                   say: Callable[[str], None] = print):
+    """(the ``TrainerSource``, one on-demand ``TrainerTreeSpec`` per seed) for a factory ``FILE.py:FUNCTION``: the
+    probe (as ``tmsim record --trainer``: a trainer from the factory, its evaluation schedule, three timed steps)
+    gives the decision points, the menu and the step time. The caller holds the recorder's lock."""
+    import shutil
+
+    from ..core.names import safe_name
+    from ..record_trainer import TrainerTreeSpec, load_factory, plan_trainer_tree
+
+    factory = load_factory(trainer)
+    name = task or safe_name(Path(trainer.rsplit(":", 1)[0]).stem.replace("_", "-"), "task")
+    probe = TrainerTreeSpec(trainer, name, scenario, seeds[0], depth=1)
+    work = Path(out) / ".tmsim-trainer-work" / "plan"
+    try:
+        plan = plan_trainer_tree(probe, work, factory, probe=True)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        try:
+            work.parent.rmdir()
+        except OSError:
+            pass
+    specs = [TrainerTreeSpec(trainer, name, scenario, s, depth=len(plan.points), expansion="on-demand") for s in seeds]
+    return TrainerSource(plan, factory), specs
+
+
 class _PathFinder(Simulator):
     """The simulator, exact replay only, noting where each rollout leaves the recorded tree: ``left_at`` = (the run
     it was on, the decision epoch, the validated action, the hyperparameters the action was applied to)."""
@@ -246,97 +393,66 @@ def _runs_and_epochs(plan, spec, max_epochs: int, fork: int) -> tuple[int, int]:
     return runs, epochs
 
 
-def _shape(spec) -> tuple[int, int, list[int]]:
-    """(max epochs, the first decision epoch, the decision epochs) of a tree."""
-    from ..record import decision_epochs
-    from ..tasks import get_task
-
-    r = spec.resolved()
-    sc = get_task(r.task).scenario(r.scenario, r.seed)
-    points = decision_epochs(sc.epochs, r.decide_every, r.depth)
-    return sc.epochs, (points[0] if points else sc.epochs), points
-
-
-def full_tree_cost(spec) -> tuple[int, int]:
+def full_tree_cost(src: TaskSource, spec) -> tuple[int, int]:
     """(runs, epochs) a full tree of the spec's depth costs, every replicate, before divergence prunes any."""
-    from dataclasses import replace
-
-    from ..record import plan_tree
-
-    max_e, fork, _ = _shape(spec)
-    runs, epochs = _runs_and_epochs(plan_tree(replace(spec, expansion="plan", budget=None)), spec, max_e, fork)
+    max_e, fork, points = src.shape(spec)
+    runs, epochs = _runs_and_epochs(src.full_plan(spec, len(points)), spec, max_e, fork)
     return runs * spec.replicates, epochs * spec.replicates + fork
 
 
-def library_cost(out: Path, spec) -> tuple[int, int]:
+def library_cost(src: TaskSource, out: Path, spec) -> tuple[int, int]:
     """(runs, epochs) the library holds for the tree: runs that trained (``stop`` branches trained nothing) and
     their own epochs, the epochs before the first decision once (every replicate shares them)."""
-    from ..record import tree_paths
     from ..traces.format import read_table
 
-    paths = tree_paths(out, spec)
+    paths = src.paths(out, spec)
     if not paths["runs"].exists():
         return 0, 0
     runs = read_table(paths["runs"], "runs").select(["run_id", "branch_action", "parent_run_id"]).to_pylist()
     trained = {r["run_id"] for r in runs if r["branch_action"] != "stop"}
     roots = {r["run_id"] for r in runs if r["parent_run_id"] is None}
     ep = read_table(paths["epochs"], "epochs").select(["run_id", "epoch"]).to_pylist()
-    _, fork, _ = _shape(spec)
+    _, fork, _ = src.shape(spec)
     n = sum(1 for e in ep if e["run_id"] in trained and e["epoch"] > 0)
     return len(trained), n - fork * max(len(roots) - 1, 0)
 
 
-def epoch_seconds_of(out: Path, specs: list, probe: bool = True) -> float | None:
+def epoch_seconds_of(src: TaskSource, out: Path, specs: list, probe: bool = True) -> float | None:
     """The seconds one epoch takes: the mean recorded epoch time of these trees where the library has some, else
-    one probe epoch of the first tree's task trained here (after one to warm up), with one torch thread."""
-    from ..record import tree_paths
+    the source's probe (``TaskSource.epoch_seconds``)."""
     from ..traces.format import read_table
 
     vals = []
     for s in specs:
-        p = tree_paths(out, s)["epochs"]
+        p = src.paths(out, s)["epochs"]
         if p.exists():
             vals += [w for w, e in zip(*read_table(p, "epochs").select(["wall_time_s", "epoch"]).to_pydict().values())
                      if w is not None and e > 0 and math.isfinite(w)]
     if vals:
         return sum(vals) / len(vals)
-    if not probe or not specs:
-        return None
-    import torch
-
-    from ..tasks import get_task
-
-    r = specs[0].resolved()
-    task = get_task(r.task)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        state = task.build(r.scenario, r.seed)
-        task.train_epoch(state)
-        task.evaluate(state)
-        t0 = time.perf_counter()
-        task.train_epoch(state)
-        task.evaluate(state)
-        return time.perf_counter() - t0
-    finally:
-        torch.set_num_threads(threads)
+    return src.epoch_seconds(specs) if probe and specs else None
 
 
-def plan_estimate(out: Path, specs: list, n_policies: int, oracle_depth: int, budget: int | None,
-                  seconds: float | None) -> dict:
-    """The cost printed before any training (module docs)."""
-    from dataclasses import replace
+def first_plan(src: TaskSource, spec, oracle_depth: int, budget: int | None) -> list:
+    """What the first round records for a tree: the do-nothing run, and with ``oracle_depth`` the full menu to that
+    depth (budgeted like a recorded tree when ``budget`` is given)."""
+    from ..record import budgeted
 
-    from ..record import budgeted, is_recorded, plan_tree
+    if not oracle_depth:
+        return [()]
+    _, _, points = src.shape(spec)
+    plan = src.full_plan(spec, min(oracle_depth, len(points)))
+    return budgeted(plan, budget, _tree_name(spec)) if budget else plan
 
+
+def plan_estimate(src: TaskSource, out: Path, specs: list, n_policies: int, oracle_depth: int, budget: int | None,
+                  seconds: float | None, recorded: set | None = None) -> dict:
+    """The cost printed before any training (module docs); ``recorded``: the trees already in the library."""
     first_runs = first_epochs = bound_runs = bound_epochs = full_runs = full_epochs = 0
     for s in specs:
-        max_e, fork, points = _shape(s)
-        plan = [()]
-        if oracle_depth:
-            plan = plan_tree(replace(s, depth=min(oracle_depth, len(points)), expansion="plan", budget=None))
-            plan = budgeted(plan, budget, _tree_name(s)) if budget else plan
-        if not is_recorded(out, s):
+        max_e, fork, points = src.shape(s)
+        plan = first_plan(src, s, oracle_depth, budget)
+        if recorded is None or _tree_name(s) not in recorded:
             r, e = _runs_and_epochs(plan, s, max_e, fork)
             first_runs += r * s.replicates
             first_epochs += e * s.replicates + fork
@@ -345,7 +461,7 @@ def plan_estimate(out: Path, specs: list, n_policies: int, oracle_depth: int, bu
             per = min(per, max(budget - 1, 0))
         bound_runs += per * s.replicates
         bound_epochs += per * s.replicates * max(max_e - (points[0] if points else max_e), 0)
-        fr, fe = full_tree_cost(s)
+        fr, fe = full_tree_cost(src, s)
         full_runs += fr
         full_epochs += fe
     est = {"first_runs": first_runs, "first_epochs": first_epochs, "policy_runs_at_most": bound_runs,
@@ -357,9 +473,9 @@ def plan_estimate(out: Path, specs: list, n_policies: int, oracle_depth: int, bu
     return est
 
 
-def format_estimate(est: dict, specs: list, n_policies: int) -> list[str]:
+def format_estimate(src: TaskSource, est: dict, specs: list, n_policies: int) -> list[str]:
     s = specs[0]
-    _, _, points = _shape(s)
+    _, _, points = src.shape(s)
     sec = est.get("epoch_seconds")
     price = (lambda k: f", about {_dur(est[k])}") if sec else (lambda k: "")
     lines = [f"evaluate: {len(specs)} tree(s) x {s.replicates} replicate(s), {n_policies} policies, decisions at "
@@ -446,23 +562,26 @@ def _cap(need: dict[tuple, set[tuple]], have: dict[tuple, set[tuple]], budget: i
     return kept, dropped
 
 
-def evaluate(specs: list, policy_specs: list, out, *, bounds: Bounds | None = None, gate=None, oracle_depth: int = 0,
-             budget: int | None = None, workers: int = 1, executor: str = "local", ray_address: str | None = None,
-             policy_library=None, surrogate=None, dry_run: bool = False, show_progress: bool = True,
-             timeout: float | None = None, retries: int = 2, say: Callable[[str], None] = print,
-             suite_name: str | None = None) -> EvaluateResult:
+def evaluate(specs: list | None, policy_specs: list, out, *, bounds: Bounds | None = None, gate=None,
+             oracle_depth: int = 0, budget: int | None = None, workers: int = 1, executor: str = "local",
+             ray_address: str | None = None, policy_library=None, surrogate=None, dry_run: bool = False,
+             show_progress: bool = True, timeout: float | None = None, retries: int = 2,
+             say: Callable[[str], None] = print, suite_name: str | None = None,
+             trainer: tuple | None = None) -> EvaluateResult:
     """Evaluate ``policy_specs`` on the trees of ``specs`` (``tree_specs``), recording into ``out`` only what their
-    rollouts need (module docs). ``surrogate``: a surrogate file for rollouts a budget leaves off the tree (default:
-    fitted on ``out``). Returns an ``EvaluateResult``; ``result.board`` is the leaderboard's result.
+    rollouts need (module docs). ``trainer``: ``(FILE.py:FUNCTION, task name or None, scenario, seeds)`` instead of
+    ``specs``, a user's Hugging Face ``Trainer`` (``trainer_source``). ``surrogate``: a surrogate file for rollouts
+    a budget leaves off the tree (default: fitted on ``out``). Returns an ``EvaluateResult``; ``result.board`` is the
+    leaderboard's result.
 
     Raises :class:`tmsim.record.RecorderBusy`, :class:`tmsim.record.RecordingInterrupted` (finished branches stay
-    on disk; a re-run resumes), ``TraceError`` (a tree at ``out`` recorded with another recipe or machine), and
-    ``ValueError`` for a bad argument, naming its option.
+    on disk; a re-run resumes), :class:`tmsim.record.TreesNotRecorded` (a tree that could not be grown),
+    ``TraceError`` (a tree at ``out`` recorded with another recipe or machine), and ``ValueError`` for a bad
+    argument, naming its option.
     """
     from tqdm import tqdm
 
-    from ..record import (Growth, _check_whole, _library_lock, _remove_stale_temp_files, _stop_on_signals,
-                          TreesNotRecorded, budgeted, growth_input, is_recorded, plan_tree, repair_tree, run_jobs)
+    from ..record import TreesNotRecorded, _check_whole, _library_lock, _remove_stale_temp_files, _stop_on_signals
 
     _check_whole("--oracle-depth", oracle_depth, 0)
     _check_whole("--workers", workers, 1)
@@ -470,39 +589,41 @@ def evaluate(specs: list, policy_specs: list, out, *, bounds: Bounds | None = No
         _check_whole("--budget", budget, 1)
     if executor not in ("local", "ray"):
         raise ValueError(f"--executor must be 'local' or 'ray', got {executor!r}")
-    if not specs:
+    if trainer is not None and executor == "ray":
+        raise ValueError("--executor ray does not take --trainer in tmsim evaluate yet: a Trainer's fork checkpoints "
+                         "stay on this machine between rounds")
+    if not specs and trainer is None:
         raise ValueError("tmsim evaluate needs at least one tree (--task with --scenario and --seeds)")
     if not policy_specs:
         raise ValueError("tmsim evaluate needs at least one policy (--policies or --suite)")
-    from dataclasses import replace
-
     out = Path(out)
     bounds = bounds or Bounds()
     t0 = time.perf_counter()
     this_run = {"runs": 0, "epochs": 0}
     with _stop_on_signals(), _library_lock(out):
         _remove_stale_temp_files(out)
-        for s in specs:
-            repair_tree(out, s)
-            is_recorded(out, s)  # a tree of another recipe is refused here, before anything trains
-        seconds = epoch_seconds_of(out, specs)
-        est = plan_estimate(out, specs, len(policy_specs), oracle_depth, budget, seconds)
-        for line in format_estimate(est, specs, len(policy_specs)):
+        if trainer is not None:
+            src, specs = trainer_source(*trainer, out, say)
+        else:
+            src = TaskSource()
+        recorded = {_tree_name(s) for s in specs if src.check(out, s)}  # another recipe: refused before training
+        seconds = epoch_seconds_of(src, out, specs)
+        est = plan_estimate(src, out, specs, len(policy_specs), oracle_depth, budget, seconds, recorded)
+        for line in format_estimate(src, est, specs, len(policy_specs)):
             say(line)
         result = EvaluateResult(None, specs, estimate=est)
         if dry_run:
-            result.costs = _costs(out, specs)
+            result.costs = _costs(src, out, specs)
             return result
         policies, skipped, _ = build_policies(policy_specs, policy_library, say, _root_groups(specs))
         by_group = {(s.task, s.scenario, s.seed): s for s in specs}
         try:
             def grow(jobs: list, label: str) -> None:
-                todo = [j for j in jobs if growth_input(out, j.spec, j.branches, load=False).todo]
-                total = sum(growth_input(out, j.spec, j.branches, load=False).runs for j in todo)
+                todo = [(s, b) for s, b in jobs if src.missing(out, s, b)]
                 if not todo:
                     return
-                bar = tqdm(total=total, unit="run", desc=label, disable=not show_progress, dynamic_ncols=True,
-                           leave=False)
+                bar = tqdm(total=sum(src.missing(out, s, b) for s, b in todo), unit="run", desc=label,
+                           disable=not show_progress, dynamic_ncols=True, leave=False)
 
                 def on_progress(kind: str, n: int) -> None:
                     if kind == "epochs":
@@ -513,25 +634,17 @@ def evaluate(specs: list, policy_specs: list, out, *, bounds: Bounds | None = No
                         bar.update(n)
 
                 try:
-                    failed = run_jobs(todo, out, workers, retries, executor, ray_address, on_progress,
-                                      lambda job, nr, ne: None)
+                    failed = src.run(out, todo, workers, retries, executor, ray_address, on_progress)
                 finally:
                     bar.close()
                     _remove_stale_temp_files(out)
-                    for j in todo:
-                        repair_tree(out, j.spec)
+                    for s, _ in todo:
+                        src.check(out, s)
                 if failed:
                     raise TreesNotRecorded(failed, dict(this_run))
 
-            first = []
-            for s in specs:
-                plan = [()]
-                if oracle_depth:
-                    _, _, points = _shape(s)
-                    plan = plan_tree(replace(s, depth=min(oracle_depth, len(points)), expansion="plan", budget=None))
-                    plan = budgeted(plan, budget, _tree_name(s)) if budget else plan
-                first.append(Growth(s, tuple(plan)))
-            grow(first, "do-nothing runs" + (f" + oracle depth {oracle_depth}" if oracle_depth else ""))
+            grow([(s, tuple(first_plan(src, s, oracle_depth, budget))) for s in specs],
+                 "do-nothing runs" + (f" + oracle depth {oracle_depth}" if oracle_depth else ""))
             left_out: dict[str, list[str]] = {}
             dropped = 0
             asked: set = set()
@@ -543,14 +656,12 @@ def evaluate(specs: list, policy_specs: list, out, *, bounds: Bounds | None = No
                     left_out[pid] += [ln for ln in lines if ln not in left_out[pid]]
                 need, dropped = _cap(need, _paths_of(index, roots), budget)
                 asked |= {(g, b) for g, bs in need.items() for b in bs}
-                jobs = [Growth(by_group[g], tuple(sorted(bs))) for g, bs in sorted(need.items())]
-                if not jobs:
+                if not need:
                     break
                 result.rounds += 1
-                n_new = sum(len(b) for b in need.values())
-                say(f"round {result.rounds}: {n_new} branch(es) the policies take are not recorded; training them on "
-                    f"every replicate")
-                grow(jobs, f"round {result.rounds}")
+                say(f"round {result.rounds}: {sum(len(b) for b in need.values())} branch(es) the policies take are not "
+                    "recorded; training them on every replicate")
+                grow([(by_group[g], tuple(sorted(bs))) for g, bs in sorted(need.items())], f"round {result.rounds}")
             if dropped:
                 left_out.setdefault("(budget)", []).append(f"{dropped} branch(es) beyond --budget {budget} not recorded")
             result.off_tree = left_out
@@ -574,7 +685,7 @@ def evaluate(specs: list, policy_specs: list, out, *, bounds: Bounds | None = No
 
             for pol in policies:
                 close_policy(pol)
-        result.costs = _costs(out, specs)
+        result.costs = _costs(src, out, specs)
         result.this_run = {**this_run, "seconds": round(time.perf_counter() - t0, 2)}
     return result
 
@@ -607,11 +718,11 @@ def _surrogate_if_needed(index, policies, roots, bounds, timeout, surrogate, say
     return sur, sid
 
 
-def _costs(out: Path, specs: list) -> dict:
+def _costs(src: TaskSource, out: Path, specs: list) -> dict:
     runs = epochs = full_runs = full_epochs = 0
     for s in specs:
-        r, e = library_cost(out, s)
-        fr, fe = full_tree_cost(s)
+        r, e = library_cost(src, out, s)
+        fr, fe = full_tree_cost(src, s)
         runs, epochs, full_runs, full_epochs = runs + r, epochs + e, full_runs + fr, full_epochs + fe
     return {"library": str(out), "runs_trained": runs, "runs_full_tree": full_runs, "epochs_trained": epochs,
             "epochs_full_tree": full_epochs,
