@@ -24,7 +24,7 @@ import json
 import math
 import copy
 import operator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from functools import cached_property
 from typing import Any, Iterable, NamedTuple
 
@@ -284,8 +284,14 @@ class Snapshot:
         hist = as_views(history)
         if not hist:
             raise ValueError("a snapshot needs at least one epoch of history")
-        return cls(run_id, task, hist[-1].epoch, max_epochs, decide_every, hparams, hist,
-                   compute_signals(hist), tuple(decisions), interventions_left, losses, tuple(offered), run_key)
+        values = (run_id, task, hist[-1].epoch, max_epochs, decide_every, hparams, hist, compute_signals(hist),
+                  tuple(decisions), interventions_left, losses, tuple(offered), run_key)
+        if cls is not Snapshot or not _PLAIN_INIT:
+            return cls(*values)
+        # what the dataclass's __init__ does (it sets the fields, in order, and nothing else), without its calls
+        snap = object.__new__(cls)
+        snap.__dict__.update(zip(_SNAPSHOT_FIELDS, values))
+        return snap
 
     def with_run_key(self, run_key: str | None) -> "Snapshot":
         """The same snapshot under another run key (a shallow copy: everything else, the cached hash included, is
@@ -399,6 +405,9 @@ def _shallow_copy(obj: Any) -> Any:
 
 
 _PLAIN_COPY = (Snapshot, Hyperparams)
+_SNAPSHOT_FIELDS = tuple(f.name for f in fields(Snapshot))
+#: Whether ``Snapshot.__init__`` only sets the fields (so ``Snapshot.build`` may set them itself)
+_PLAIN_INIT = not hasattr(Snapshot, "__post_init__")
 
 
 def _f(x: float | None, width: int) -> str:
