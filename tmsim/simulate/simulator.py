@@ -230,7 +230,7 @@ class Simulator:
         return snap
 
     def _decide(self, policy, due: list[Rollout], timeout: float | None) -> None:
-        snaps = [self._snapshot_for(o, o.final_epoch()).with_run_key(o.run_key) for o in due]
+        snaps = [self._snapshot_for(o, o.epochs[-1]["epoch"]).with_run_key(o.run_key) for o in due]
         raws, lat = call_policy_batch(policy, snaps, timeout)
         for o, snap, raw, ms in zip(due, snaps, raws, lat):
             act, violations = validate(raw, snap, self.bounds)
@@ -281,16 +281,17 @@ class Simulator:
     def _advance(self, active: list[Rollout], step: int) -> None:
         """Extend every active rollout to its next decision epoch (or the end): replay or surrogate."""
         need_model = []
+        meta = self.index.meta
         for o in active:
-            m = self.index.meta[o.root]
-            d = o.final_epoch()
+            m = meta[o.root]
+            d = o.epochs[-1]["epoch"]  # the rollout's final epoch
             nxt = min((d // m["decide_every"] + 1) * m["decide_every"], m["max_epochs"])
             if d >= m["max_epochs"]:
                 o.done = True
                 continue
             if o.node is not None:
                 if self._replay_segment(o, o.node, d + 1, nxt):
-                    if not o.done and o.final_epoch() >= m["max_epochs"]:
+                    if not o.done and o.epochs[-1]["epoch"] >= m["max_epochs"]:
                         o.done = True
                     continue
                 rows = self.index[o.node]
