@@ -289,3 +289,16 @@ def test_a_trainer_run_is_evaluated_through_its_own_checkpoints_as_record_traine
         return t.sort_by([("run_id", "ascending"), ("epoch", "ascending")])
 
     assert content_hash(rows(a)) == content_hash(rows(b))
+
+
+def test_an_rl_run_is_evaluated_exactly_too(tmp_path):
+    """A PPO task (stable-baselines3; the tiny Reacher of tests/plugins): its exploration actions are branched on
+    demand like any other, and every row is replayed."""
+    pytest.importorskip("stable_baselines3")
+    pols = [PolicySpec(name="rules", kind="rules"), PolicySpec(name="random", kind="random", settings={"seed": 0})]
+    res = evaluate(tree_specs(["tiny_rl_tasks:TinyReacher"], ["unsafe"], [0], 1), pols, tmp_path / "lib",
+                   show_progress=False, say=lambda m: None)
+    assert all(s.replayed_share == 1.0 for s in res.board.scores)
+    runs = load_library(tmp_path / "lib", strict=True).runs
+    assert runs["init_log_std"].null_count == 0 and runs.num_rows > 1  # an RL run, branched
+    assert res.rounds >= 1 and res.costs["runs_trained"] < res.costs["runs_full_tree"]

@@ -126,7 +126,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         res = evaluate(trees, specs, args.out, trainer=trainer, bounds=suite.bounds if suite else None,
                        gate=suite.gate if suite else None,
                        oracle_depth=args.oracle_depth, budget=args.budget, workers=args.workers,
-                       executor=args.executor, ray_address=args.ray_address, policy_library=args.policy_traces,
+                       executor=args.executor, ray_address=args.ray_address,
+                       policy_library=args.policy_traces or default_traces(), surrogate_cache=surrogate_cache(),
                        surrogate=args.surrogate, dry_run=args.dry_run, show_progress=not args.quiet,
                        timeout=args.timeout, say=say, suite_name=suite.name if suite else None)
     except RecorderBusy as exc:

@@ -26,8 +26,8 @@ calls only, can keep asking for new branches; the loop stops when a round adds n
 leaves the tree is scored with the surrogate and marked as the leaderboard marks it.)
 
 **What the policies are built on.** A policy that learns from a trace library (``needs_library``: ``gbm``,
-``lookup``, the Optuna pruners) is built once, on ``policy_library`` (default: the bundled library), never on the
-library being grown: a policy fitted on the tree it is judged on would change as the tree grows, and its verdict
+``lookup``, the Optuna pruners) is built once, on ``policy_library`` (``tmsim evaluate``'s default: the bundled
+library), never on the library being grown: a policy fitted on the tree it is judged on would change as the tree grows, and its verdict
 would be fitted to the answers. Its ``trained_on`` split is kept only where the policy library holds the evaluated
 roots themselves. The oracle is the board's own, on the evaluated trees: the best *recorded* path, an upper bound on
 the menu only to ``oracle_depth``.
@@ -326,7 +326,6 @@ def build_policies(policy_specs: list, policy_library=None, say: Callable[[str],
     has its own, on the evaluated trees); a policy that cannot be built is skipped with its reason. With ``groups``
     (the evaluated roots' (task, scenario, seed)), a policy's ``trained_on`` is kept only where its library holds
     some of them in its training split (module docs)."""
-    from ..cli import DEFAULT_TRACES
     from ..policies import make_policy
     from ..traces import TreeIndex, load_library
 
@@ -334,7 +333,7 @@ def build_policies(policy_specs: list, policy_library=None, say: Callable[[str],
 
     from ..policies.kinds import BUILTIN_KINDS
 
-    root = Path(policy_library or DEFAULT_TRACES)
+    root = Path(policy_library) if policy_library is not None else None
     index = None
     policies, skipped = [], {}
     for spec in policy_specs:
@@ -343,8 +342,12 @@ def build_policies(policy_specs: list, policy_library=None, say: Callable[[str],
             continue
         lib = None
         if spec.kind not in BUILTIN_KINDS:  # built in its own process, which reads the library at this root itself
-            lib = SimpleNamespace(root=root)
+            lib = SimpleNamespace(root=root) if root is not None else None
         elif _needs_library(spec):
+            if root is None:
+                skipped[spec.name] = "it learns from a trace library and none was given (--policy-traces)"
+                say(f"warning: {spec.path or spec.name}: {skipped[spec.name]}; skipped")
+                continue
             try:
                 index = index or TreeIndex(load_library(root))
             except Exception as exc:  # noqa: BLE001 -- no policy library: this policy cannot be built
@@ -567,11 +570,13 @@ def evaluate(specs: list | None, policy_specs: list, out, *, bounds: Bounds | No
              ray_address: str | None = None, policy_library=None, surrogate=None, dry_run: bool = False,
              show_progress: bool = True, timeout: float | None = None, retries: int = 2,
              say: Callable[[str], None] = print, suite_name: str | None = None,
-             trainer: tuple | None = None) -> EvaluateResult:
+             trainer: tuple | None = None, surrogate_cache=None) -> EvaluateResult:
     """Evaluate ``policy_specs`` on the trees of ``specs`` (``tree_specs``), recording into ``out`` only what their
     rollouts need (module docs). ``trainer``: ``(FILE.py:FUNCTION, task name or None, scenario, seeds)`` instead of
-    ``specs``, a user's Hugging Face ``Trainer`` (``trainer_source``). ``surrogate``: a surrogate file for rollouts
-    a budget leaves off the tree (default: fitted on ``out``). Returns an ``EvaluateResult``; ``result.board`` is the
+    ``specs``, a user's Hugging Face ``Trainer`` (``trainer_source``). ``policy_library``: the trace library the
+    policies that learn from one are built on (none given: those are skipped, with why). ``surrogate``: a surrogate
+    file for rollouts a budget leaves off the tree (default: one fitted on ``out``, cached in ``surrogate_cache``,
+    default ``OUT/.tmsim-surrogates``). Returns an ``EvaluateResult``; ``result.board`` is the
     leaderboard's result.
 
     Raises :class:`tmsim.record.RecorderBusy`, :class:`tmsim.record.RecordingInterrupted` (finished branches stay
@@ -666,7 +671,8 @@ def evaluate(specs: list | None, policy_specs: list, out, *, bounds: Bounds | No
                 left_out.setdefault("(budget)", []).append(f"{dropped} branch(es) beyond --budget {budget} not recorded")
             result.off_tree = left_out
             index, roots = _index(out, specs)
-            sur, sid = _surrogate_if_needed(index, policies, roots, bounds, timeout, surrogate, say)
+            sur, sid = _surrogate_if_needed(index, policies, roots, bounds, timeout, surrogate, say,
+                                            Path(surrogate_cache) if surrogate_cache else out / ".tmsim-surrogates")
             from .leaderboard import Suite, run_leaderboard
 
             suite = Suite(name=suite_name or f"evaluate:{out.name}", tasks=sorted({s.task for s in specs}),
@@ -700,7 +706,7 @@ def _index(out: Path, specs: list):
     return index, roots
 
 
-def _surrogate_if_needed(index, policies, roots, bounds, timeout, surrogate, say):
+def _surrogate_if_needed(index, policies, roots, bounds, timeout, surrogate, say, cache: Path):
     """(surrogate, id) when some rollout still leaves the recorded tree (a budget, an action no branch records),
     else (None, "none: every rollout replayed")."""
     need, why, left = explore(index, policies, roots, bounds, timeout)
@@ -711,10 +717,8 @@ def _surrogate_if_needed(index, policies, roots, bounds, timeout, surrogate, say
     if surrogate is not None:
         sur = Surrogate.load(surrogate)
         return sur, sur.digest(Path(surrogate))
-    from ..cli import surrogate_cache
-
     say(f"{left} rollout(s) leave the recorded tree: they are scored with a surrogate fitted on the library")
-    sur, sid, _ = surrogate_for(index, index.library.digest(), surrogate_cache(), log=say)
+    sur, sid, _ = surrogate_for(index, index.library.digest(), cache, log=say)
     return sur, sid
 
 
