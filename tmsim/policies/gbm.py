@@ -7,7 +7,7 @@ shows as numbers: where the run is (epoch share), the hyperparameters (log scale
 epoch's losses, accuracies, gradient norm and update ratio relative to the run's start, and how many decisions were
 taken. The task's name is *not* a feature, so a held-out task is judged from its telemetry alone.
 
-Ablations (``features``): ``"all"`` (the default), ``"blind"`` (only what a recipe reader sees: the epoch share,
+Ablations (``inputs``): ``"all"`` (the default), ``"blind"`` (only what a recipe reader sees: the epoch share,
 the knobs in force and the decisions taken, ``RECIPE_FEATURES``) and ``"telemetry"`` (only the curves and the
 signals computed from them, ``TELEMETRY_FEATURES``), each learned on the same labels and split, so the rows
 ``gbm-blind``, ``gbm-telemetry`` and ``gbm`` say how much of the learned baseline's score comes from reading the run.
@@ -39,10 +39,10 @@ FEATURES = ("epoch_share", "log_lr", "log_wd", "dropout", "log_aux", "losses", "
             "val_vs_first", "train_vs_val", "train_acc", "val_acc", "log_grad_norm", "log_update_ratio", "decisions",
             # RL runs (0 or log(1e-5) for supervised runs: constant columns, which no tree splits on)
             "log_std", "log_ent_coef", "cost_ratio", "collapse", "unsafe")
-#: What a recipe reader sees (``features = "blind"``): where the run is, the knobs in force, the decisions taken.
+#: What a recipe reader sees (``inputs = "blind"``): where the run is, the knobs in force, the decisions taken.
 RECIPE_FEATURES = ("epoch_share", "log_lr", "log_wd", "dropout", "log_aux", "losses", "decisions", "log_std",
                    "log_ent_coef")
-#: What only the run's curves show (``features = "telemetry"``): everything else.
+#: What only the run's curves show (``inputs = "telemetry"``): everything else.
 TELEMETRY_FEATURES = tuple(f for f in FEATURES if f not in RECIPE_FEATURES)
 FEATURE_SETS = {"all": FEATURES, "blind": RECIPE_FEATURES, "telemetry": TELEMETRY_FEATURES}
 
@@ -77,17 +77,17 @@ class GBMPolicy:
 
     def __init__(self, library, train_seeds: str = "even", holdout_tasks: list[str] | None = None,
                  max_iter: int = 200, learning_rate: float = 0.05, max_leaf_nodes: int = 15, random_state: int = 0,
-                 policy_id: str = "gbm", version: str = "1", features: str = "all"):
+                 policy_id: str = "gbm", version: str = "1", inputs: str = "all"):
         from sklearn.ensemble import HistGradientBoostingClassifier
 
         from .llm.finetune import build_dataset
 
         if train_seeds not in ("even", "odd"):
             raise TypeError("train_seeds must be 'even' or 'odd'")
-        if features not in FEATURE_SETS:
-            raise TypeError(f"features must be one of {sorted(FEATURE_SETS)}, not {features!r}")
-        self.policy_id, self.version, self.feature_set = policy_id, version, features
-        self.columns = np.array([f in FEATURE_SETS[features] for f in FEATURES])
+        if inputs not in FEATURE_SETS:
+            raise TypeError(f"inputs must be one of {sorted(FEATURE_SETS)}, not {inputs!r}")
+        self.policy_id, self.version, self.inputs = policy_id, version, inputs
+        self.columns = np.array([f in FEATURE_SETS[inputs] for f in FEATURES])
         self.trained_on = {"seeds": train_seeds, "holdout_tasks": list(holdout_tasks or [])}
         train, _ = build_dataset(library, train_seeds, None, True, holdout_tasks=holdout_tasks)
         if not train:
