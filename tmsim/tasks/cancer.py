@@ -8,14 +8,16 @@ Model: ReLU MLP with ``nn.Dropout`` after every hidden layer (dropout is a live 
 ``val_loss`` is that loss and ``val_acc`` the accuracy. Optimizer: ``torch.optim.Adam`` with the member's ``betas``
 and the run's weight decay as a classic (coupled) L2 term, which Adam's per-parameter scaling weakens.
 
-Scenarios (each a family; every seed draws its own member):
+Scenarios (library v5; each a family, every seed draws its own member). Every family draws its LR, weight decay,
+dropout, batch size and betas from one shared range (``adam_regression.SHARED_ADAM``); the cause is hidden
+(``tmsim.tasks.hidden``):
 
-- ``overfit``: a wide MLP on 40-70 rows: the rows are fitted within a few epochs, the model grows over-confident and
-  validation cross-entropy climbs while accuracy barely moves; stopping early or a lower LR helps.
-- ``diverge``: an Adam LR far too high: the loss jumps about and confident mistakes blow the cross-entropy up on
-  some runs; lowering the LR helps, raising it blows up most runs.
-- ``plateau``: an Adam LR far too low: the loss creeps down and the run ends under-trained; raising the LR helps.
-- ``healthy``: a small, regularised MLP with a sensible LR on every training row: leave it alone.
+- ``overfit``: a wide MLP on 40-70 rows, 15-35% of whose labels are flipped from a drawn epoch on (0-12): the rows
+  are fitted, the model grows over-confident and validation cross-entropy climbs; stopping early or a lower LR helps.
+- ``diverge``: one very wide hidden layer (2048-4096 units): Adam moves every output weight by about the LR each step,
+  confident mistakes blow the cross-entropy up; a lower LR helps, a higher one blows up.
+- ``plateau``: features scaled down 200-700x: the first layer learns far too slowly; a higher LR helps.
+- ``healthy``: a small MLP on every clean, standardised training row: leave it alone.
 """
 from __future__ import annotations
 

@@ -10,17 +10,17 @@ Model: ReLU MLP with ``nn.Dropout`` after every hidden layer (dropout is a live 
 standardised target; ``val_loss`` is that MSE and there is no accuracy (``val_acc`` is ``None``). Optimizer:
 ``torch.optim.AdamW`` with the run's weight decay (decoupled) and the member's ``betas``.
 
-Scenarios (each a family; every seed draws its own member):
+Scenarios (library v5; each a family, every seed draws its own member). Every family draws its LR, weight decay
+(0.02-0.2, decoupled), dropout, batch size and betas from one shared range; the cause is hidden
+(``tmsim.tasks.hidden``):
 
-- ``overfit``: a wide MLP on 40-60 rows: the noisy target is memorised within a few epochs and validation MSE climbs.
-  The recipe already carries a sizeable decoupled weight decay (0.5-1.0), because AdamW shrinks weights by
-  ``lr * weight_decay`` per step and a small value does nothing at these LRs; raising it tenfold at a decision epoch
-  is the intervention that helps most reliably (stopping early helps too; a lower LR or more dropout only a little).
-- ``diverge``: an AdamW LR far too high, with no warm-up: the loss jumps about and some runs blow up; raising the LR
-  blows up or badly hurts most runs, lowering it helps somewhat (the target's noise floor caps the gain).
-- ``plateau``: an AdamW LR far too low: validation MSE creeps down and the run ends under-trained; raising the LR
-  helps (halfway between the initial MSE and the noise floor, a doubled LR cannot gain more than about 20%).
-- ``healthy``: a small, regularised MLP with a sensible LR: leave it alone (no action gains more than a few percent).
+- ``overfit``: a wide MLP on 40-60 rows whose targets get Gaussian noise (sd 0.8-1.5) from a drawn epoch on (0-12):
+  the noise is memorised and validation MSE climbs; stopping early or more weight decay helps.
+- ``diverge``: one very wide hidden layer (2048-4096 units): AdamW moves every output weight by about the LR each
+  step, the loss jumps about and some runs blow up; a lower LR helps.
+- ``plateau``: features scaled down 170-330x: with AdamW's decay pulling on it, the first layer cannot grow the
+  weights it needs and the run ends under-trained; a higher LR helps.
+- ``healthy``: a small MLP on every clean, standardised row: leave it alone.
 """
 from __future__ import annotations
 

@@ -10,15 +10,17 @@ Model: ReLU MLP with ``nn.Dropout`` after every hidden layer (dropout is a live 
 standardised target; ``val_loss`` is that MSE and there is no accuracy (``val_acc`` is ``None``). Optimizer: the
 base class's ``torch.optim.SGD`` with the member's ``momentum`` and the run's (coupled, L2) weight decay.
 
-Scenarios (each a family; every seed draws its own member):
+Scenarios (library v5; each a family, every seed draws its own member). Every family draws its LR, weight decay,
+dropout, batch size and momentum from one shared range; the cause is hidden (``tmsim.tasks.hidden``):
 
-- ``overfit``: a wide MLP on 80-120 rows with a high LR: it fits the noise and validation MSE climbs after a few
-  epochs; lowering the LR at a decision epoch helps most, and raising it blows up.
-- ``diverge``: an LR at the edge of stability for momentum SGD: the loss jumps about and some runs blow up; raising
-  the LR blows up, lowering it helps.
-- ``plateau``: an LR far too low: the linear trend (``x4``, ``x5``) is learnt within a few epochs, the non-linear
-  part barely, and the run ends under-trained; raising the LR helps.
-- ``healthy``: a moderate MLP on 700-900 rows with a sensible LR and light regularisation: leave it alone.
+- ``overfit``: a wide MLP on 80-140 rows whose targets get Gaussian noise (sd 0.5-1.0) from a drawn epoch on (0-12):
+  it fits the noise and validation MSE climbs; stopping early or a lower LR helps, raising it blows up.
+- ``diverge``: from a drawn epoch on (2-12) the optimised objective is scaled up 3.5-7x (a ``sum`` where a ``mean``
+  was meant): momentum SGD's effective LR jumps past the edge of stability, the loss jumps about and some runs blow
+  up; lowering the LR helps, raising it blows up.
+- ``plateau``: the objective is scaled down 20-50x: the effective LR is far too low, the linear trend is learnt, the
+  non-linear part barely; raising the LR helps.
+- ``healthy``: a moderate MLP on 700-900 clean rows: leave it alone.
 """
 from __future__ import annotations
 
