@@ -623,6 +623,9 @@ def evaluate(specs: list | None, policy_specs: list, out, *, bounds: Bounds | No
         policies, skipped, _ = build_policies(policy_specs, policy_library, say, _root_groups(specs))
         by_group = {(s.task, s.scenario, s.seed): s for s in specs}
         try:
+            from .leaderboard import check_policy_names
+
+            check_policy_names(policies, policy_specs)  # a duplicate or reserved name: refused before anything trains
             def grow(jobs: list, label: str) -> None:
                 todo = [(s, b) for s, b in jobs if src.missing(out, s, b)]
                 if not todo:
