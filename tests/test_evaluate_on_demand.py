@@ -302,3 +302,18 @@ def test_an_rl_run_is_evaluated_exactly_too(tmp_path):
     runs = load_library(tmp_path / "lib", strict=True).runs
     assert runs["init_log_std"].null_count == 0 and runs.num_rows > 1  # an RL run, branched
     assert res.rounds >= 1 and res.costs["runs_trained"] < res.costs["runs_full_tree"]
+
+
+def test_a_clamped_step_is_recorded_with_the_value_it_was_clamped_to(tmp_path):
+    """``lr_up`` at LR 0.05 under an LR bound of 0.06 trains at 0.06, not at the menu's 0.1: the branch is
+    ``lr_up=0.06``, and the simulator replays the clamped action from it (the oracle can take it too)."""
+    from tmsim.core import Bounds
+
+    seq = PolicySpec(name="up", kind="sequence", settings={"actions": ["lr_up"]})
+    res = evaluate(tree_specs([TASK], ["calm"], [0], 1), [seq], tmp_path / "lib", bounds=Bounds(lr_max=0.06),
+                   show_progress=False, say=lambda m: None)
+    runs = load_library(tmp_path / "lib", strict=True).runs.to_pylist()
+    assert [r["branch_action"] for r in runs if r["parent_run_id"]] == ["lr_up=0.06"]
+    assert all(s.replayed_share == 1.0 for s in res.board.scores)
+    up = _scored(res.board)["up"]
+    assert up.violations_by_kind == {"out_of_bounds": 1} and up.interventions_per_run == 1

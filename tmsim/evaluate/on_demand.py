@@ -496,7 +496,7 @@ def format_estimate(src: TaskSource, est: dict, specs: list, n_policies: int) ->
 
 
 def _dur(s: float) -> str:
-    return f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
+    return f"{s:.1f} s" if s < 10 else f"{s:.0f} s" if s < 120 else f"{s / 60:.1f} min"
 
 
 def _root_groups(specs: list) -> set[tuple]:
