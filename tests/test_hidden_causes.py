@@ -110,3 +110,31 @@ def test_an_unstandardised_input_scale_reaches_every_split():
     s = sc.settings["input_scale"]
     for split in ("train", "val", "test"):
         assert torch.allclose(d[split][0], raw[split][0] * s)
+
+
+def test_a_policy_in_its_own_process_does_not_learn_the_scenario_family_from_the_run_id(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from tmsim.core.decision import call_policy_batch
+    from tmsim.policies import load_spec, make_policy
+    from tmsim.policies.check import decision_points
+    from tmsim.policies.protocol import close_policy
+    from tmsim.traces import TreeIndex, load_library
+
+    plugins = Path(__file__).parent / "plugins"
+    monkeypatch.syspath_prepend(str(plugins))
+    monkeypatch.setenv("PYTHONPATH", str(plugins))
+    spec = tmp_path / "reader.toml"
+    spec.write_text('name = "run-id-reader"\nkind = "python"\ntarget = "plugin_policies:RunIdReader"\n')
+    index = TreeIndex(load_library("traces"))
+    snaps = [s for s in decision_points(index, tasks=["friedman-mlp"]) if ":s1:" in s.run_id][:6]
+    pol = make_policy(load_spec(spec), index)
+    try:
+        answers, _ = call_policy_batch(pol, snaps, timeout=60)
+    finally:
+        close_policy(pol)
+    texts = [a.text for a in answers]
+    assert all("run_id=run-" in t for t in texts), texts
+    assert not any(w in t for t in texts for w in ("friedman", "overfit", "diverge", "plateau", "healthy", ":s1"))
+    # the harness's own snapshots keep their run ids (the audit trail names the run)
+    assert all(s.run_id.startswith("friedman-mlp:") for s in snaps)

@@ -11,3 +11,13 @@ class AlwaysHalve:
 
     def decide(self, snapshot):
         return Proposal(action="lr_down", reason=self.reason)
+
+
+class RunIdReader:
+    """Says in its reason what it can learn of the run it is deciding for: its run id."""
+
+    def __init__(self):
+        self.policy_id, self.version = "run-id-reader", "1"
+
+    def decide(self, snapshot):
+        return Proposal(action="continue", reason=f"run_id={snapshot.run_id}")

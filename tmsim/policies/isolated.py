@@ -27,7 +27,7 @@ import os
 import time
 from typing import Any
 
-from ..core.decision import DEFAULT_TIMEOUT, Answer, failure, guarded, register_guarding
+from ..core.decision import DEFAULT_TIMEOUT, Answer, failure, guarded, register_guarding, run_key
 from ..core.names import safe_name
 from ..core.snapshot import Snapshot
 
@@ -37,6 +37,16 @@ MEMORY_MB = 4096
 START_TIMEOUT = 120.0
 #: Batches in a row without an answer after which the policy is failed (its process is stopped).
 MAX_TIMEOUTS = 5
+
+
+def opaque(snap: Snapshot) -> Snapshot:
+    """The copy of ``snap`` a policy in its own process is sent: its ``run_id`` (which names the task, the scenario
+    family and the seed, and so would tell a policy which failure to expect) replaced by an opaque salted key of it.
+    The hash is computed first, so the policy's copy hashes as the decision the harness records."""
+    _ = snap.hash
+    twin = snap.private_copy()
+    object.__setattr__(twin, "run_id", "run-" + run_key("opaque-run-id", snap.run_id))
+    return twin
 
 
 def _serve(conn, spec_json: str, library_root: str | None, memory_mb: int, kind_refs: dict[str, str],
@@ -194,7 +204,7 @@ class IsolatedPolicy:
         if self._failed is None:
             self._req += 1
             try:
-                self._conn.send((self._req, list(snaps)))
+                self._conn.send((self._req, [opaque(s) for s in snaps]))
                 reply = self._recv(limit, self._req)
             except (OSError, ValueError, ConnectionError):
                 self._fail(f"the policy process exited (exit code {self._proc.exitcode if self._proc else None})")
