@@ -28,13 +28,14 @@ Example
 """
 from __future__ import annotations
 
-import math
 import random
 
 import numpy as np
+from scipy.stats import rankdata
 
 from ..core.decision import RunInfo, build_snapshot
 from ..core.snapshot import EpochView, Snapshot
+from ..policies.lookup import _coords  # the blind lookup's recipe coordinates: one bucket rule for both
 
 #: The fields of a history row that are telemetry (swapped); every other field (the epoch, the knobs in force) stays.
 TELEMETRY = ("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm", "update_ratio", "ep_return",
@@ -44,11 +45,6 @@ TELEMETRY = ("train_loss", "val_loss", "train_acc", "val_acc", "grad_norm", "upd
 N_PERM = 10_000
 #: Donor candidates: the nearest recipes of another group of the same task; one is drawn per root.
 NEAREST = 3
-
-
-def _coords(hp) -> tuple[float, ...]:
-    return (math.log(hp.lr) if hp.lr else 0.0, math.log(hp.weight_decay + 1e-5), hp.dropout,
-            math.log(hp.aux_loss_weight) if hp.aux_loss_weight else 0.0)
 
 
 def donors(index, roots: list[str], seed: int = 0) -> dict[str, str]:
@@ -160,12 +156,7 @@ def reads_run_test(real: list[np.ndarray], swapped: list[np.ndarray], seed: int 
     delta = float(np.median(b_m) - np.median(a_m))
     if not len(d):
         return 0.0, 1.0
-    ranks = np.argsort(np.argsort(np.abs(d), kind="stable"), kind="stable") + 1.0
-    # ties in |d| share their mean rank
-    absd = np.abs(d)
-    for v in np.unique(absd):
-        tie = absd == v
-        ranks[tie] = ranks[tie].mean()
+    ranks = rankdata(np.abs(d))  # ties share their mean rank
     obs = float((np.sign(d) * ranks).sum())
     rng = np.random.default_rng(seed)
     signs = rng.choice([-1.0, 1.0], size=(N_PERM, len(d)))
