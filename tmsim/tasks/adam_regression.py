@@ -25,9 +25,19 @@ from .digits import mlp
 def adam_regression_families(*, small_rows: tuple[int, int], rows: tuple[int, int], healthy_hidden: list[list[int]],
                              memorised: str = "the noise is") -> dict[str, Scenario]:
     """The four families of a plain-Adam regression task (library v5). Every family draws its learning rate, weight
-    decay, dropout, batch size and betas from the same ranges; what differs is hidden (``tmsim.tasks.hidden``):
-    ``small_rows`` is the range of training rows of ``overfit``, ``rows`` that of the other three;
-    ``healthy_hidden`` lists the widths of ``healthy`` and ``plateau``; ``memorised`` completes a description."""
+    decay, dropout, batch size and betas from ``SHARED_ADAM``, so the recipe does not say which family a run is
+    from; what differs is hidden (``tmsim.tasks.hidden``):
+
+    - ``overfit``: a wide MLP on ``small_rows`` rows whose targets get Gaussian noise (sd 0.5-1.0) from a drawn epoch
+      on (0-12): ``memorised`` memorised and validation MSE climbs, sooner or later;
+    - ``diverge``: one very wide hidden layer (2048-4096 units): Adam moves every output weight by about the LR each
+      step, so the loss is noisy and a lower LR helps;
+    - ``plateau``: features scaled down 200-700x (a pipeline that standardised twice): the first layer learns far
+      too slowly and the run ends under-trained; a higher LR helps, weight decay hurts badly;
+    - ``healthy``: ``rows`` clean, standardised rows: leave it alone.
+
+    ``rows`` is also the range of training rows of ``diverge`` and ``plateau``; ``healthy_hidden`` lists the widths
+    of ``healthy`` and ``plateau``."""
     wide = ("choice", [[256, 256], [384, 192], [320]])
     return overlapping_families(Hyperparams(lr=2e-3, weight_decay=1e-4, dropout=0.05), SHARED_ADAM, {
         "overfit": (f"a wide MLP on {small_rows[0]}-{small_rows[1]} rows, with noisy targets from a drawn epoch on: "
@@ -35,11 +45,11 @@ def adam_regression_families(*, small_rows: tuple[int, int], rows: tuple[int, in
                     {"hidden": [256, 256], "n_train": small_rows[0]},
                     {"hidden": wide, "n_train": ("int", *small_rows), "label_noise": ("uniform", 0.5, 1.0),
                      "noise_onset": ("int", 0, 12)}),
-        "diverge": ("features left unstandardised (scaled up 15-50x): Adam's first-layer steps are far too large, the "
-                    "loss jumps about and the run ends above a sensible one",
+        "diverge": ("one very wide hidden layer (2048-4096 units): Adam moves every output weight by about the LR each "
+                    "step, so the loss jumps about and the run ends above a sensible one",
                     {"hidden": [128, 128], "n_train": rows[0]},
                     {"hidden": ("choice", [[2048], [3072], [4096]]), "n_train": ("int", *rows)}),
-        "plateau": ("features scaled down 50-200x: the first layer learns far too slowly and the run ends under-trained",
+        "plateau": ("features scaled down 200-700x: the first layer learns far too slowly and the run ends under-trained",
                     {"hidden": healthy_hidden[0], "n_train": rows[0]},
                     {"hidden": ("choice", healthy_hidden), "n_train": ("int", *rows),
                      "input_scale": ("log", 0.0015, 0.005)}),

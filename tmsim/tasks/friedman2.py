@@ -10,17 +10,8 @@ Model: ReLU MLP with ``nn.Dropout`` after every hidden layer (dropout is a live 
 target; there is no accuracy. Optimizer: ``torch.optim.Adam`` with the member's ``betas`` and the run's weight decay as
 a classic (coupled) L2 term.
 
-Scenarios (library v5; each a family, every seed draws its own member). Every family draws its LR, weight decay,
-dropout, batch size and betas from one shared range (``adam_regression.SHARED_ADAM``), so the recipe does not say
-which family a run is from; the cause is hidden (``tmsim.tasks.hidden``):
-
-- ``overfit``: a wide MLP on 50-80 rows whose targets get Gaussian noise (sd 0.5-1.0) from a drawn epoch on
-  (0-12): the noise is memorised and validation MSE climbs, sooner or later.
-- ``diverge``: one very wide hidden layer (2048-4096 units): Adam moves every output weight by about the LR each step,
-  so the loss is noisy and a lower LR helps.
-- ``plateau``: features scaled down 200-700x (a pipeline that standardised twice): the first layer learns far too
-  slowly and the run ends under-trained; a higher LR helps, weight decay hurts badly.
-- ``healthy``: 300-450 clean, standardised rows: leave it alone.
+Scenarios (library v5): the four plain-Adam families of ``adam_regression_families`` (overfit on 50-80 rows,
+the other three on 300-450); their recipes overlap and their causes are hidden.
 """
 from __future__ import annotations
 
