@@ -119,7 +119,8 @@ def test_oracle_is_an_upper_bound_exactly_on_full_trees(bundled):
     covered = upper_bound_roots(index, index.roots)
     full = {"digits-mlp", "diabetes-mlp", "friedman-mlp", "cancer-mlp", "friedman2-adam", "swissroll-adam",
             "sparse-adam"}
-    assert {g[0] for g in covered} == full and len(covered) == 20 * len(full)
+    # every root group of a full-tree task is covered (library v5: 4 x 4-5 seeds per task), none of the others
+    assert set(covered) == {index.meta[r]["group"] for r in index.roots if index.meta[r]["task"] in full}
     oracle = OraclePolicy(index)
     for r in [r for r in index.roots if index.meta[r]["group"] in covered][:9]:
         paths = {index.meta[x]["path"] for x in index.descendants(r)}
