@@ -31,8 +31,12 @@ def test_oracle_first_constant_zero_and_required_keys(result):
     assert const.val_loss_change_pct == 0 and const.regret == pytest.approx(1.0)
     rows = json_rows(result)
     assert all(KEYS <= set(r) for r in rows)
-    rnd = next(s for s in ranked if s.policy == "random")
-    assert rnd.replayed_share < 1  # random leaves the recorded menu: the surrogate takes over
+    # random leaves the recorded tree (depth 2: decisions at epochs 5 and 10) exactly where it intervenes at epoch 15,
+    # and the surrogate takes over there; whether a draw does so depends on the recorded values, so each rollout is
+    # checked against its own decisions rather than one draw asserted
+    for o in result.rollouts["random"]:
+        late = any(d["epoch"] > 10 and d["action"] not in ("continue", "stop") for d in o.decisions)
+        assert (o.replayed_share < 1) == late == (o.surrogate_segments > 0), o.root
     for s in ranked:
         assert s.ci_low <= s.val_loss_change_pct <= s.ci_high
         assert set(s.per_scenario) == {"overfit", "healthy"}
