@@ -36,3 +36,17 @@ def test_gbm_features_are_numbers_without_the_task_name(index):
 def test_held_out_tasks_are_never_trained_on(index):
     with pytest.raises(ValueError, match="no recorded node"):
         GBMPolicy(index, holdout_tasks=["digits-mlp"])
+
+
+def test_a_list_of_seeds_is_a_training_split_as_validation_folds_use_it(index):
+    """``eval/select_gbm.py`` fits on folds of the even seeds: a list of seeds trains on exactly those."""
+    from tmsim.policies.llm.finetune import build_dataset
+
+    everything, _ = build_dataset(index, "even")
+    seed = min(e.seed for e in everything)
+    train, held = build_dataset(index, [seed])
+    assert train and {e.seed for e in train} == {seed} and all(e.seed != seed for e in held)
+    assert GBMPolicy(index, train_seeds=[seed], max_iter=10).train_examples == len(train)
+    for bad in ("all", [], [True], ["0"]):
+        with pytest.raises(TypeError, match="train_seeds"):
+            build_dataset(index, bad)

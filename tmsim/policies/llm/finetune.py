@@ -92,10 +92,23 @@ class Example:
     task: str
 
 
+def _seed_split(train_seeds):
+    """The training seeds as a predicate: "even", "odd", or an explicit list (a validation fold of the even seeds)."""
+    if train_seeds in ("even", "odd"):
+        parity = 0 if train_seeds == "even" else 1
+        return lambda seed: seed % 2 == parity
+    if isinstance(train_seeds, (list, tuple, set, frozenset)) and train_seeds and all(
+            isinstance(x, int) and not isinstance(x, bool) for x in train_seeds):
+        chosen = frozenset(train_seeds)
+        return lambda seed: seed in chosen
+    raise TypeError(f"train_seeds must be 'even', 'odd' or a non-empty list of seeds, not {train_seeds!r}")
+
+
 def build_dataset(library, train_seeds: str = "even", tasks: list[str] | None = None, weight_by_advantage: bool = True,
                   holdout_tasks: list[str] | None = None):
-    """(train, held_out) examples from every recorded node with alternatives; split by seed parity, and every node
-    of a task in ``holdout_tasks`` held out whatever its seed (tmsim.policies.gbm uses the same labels)."""
+    """(train, held_out) examples from every recorded node with alternatives; split by seed (``train_seeds``: "even",
+    "odd" or a list of seeds), and every node of a task in ``holdout_tasks`` held out whatever its seed
+    (tmsim.policies.gbm uses the same labels)."""
     from ...traces.index import TreeIndex
     from ..check import decision_points
     from ..oracle import OraclePolicy
@@ -103,7 +116,7 @@ def build_dataset(library, train_seeds: str = "even", tasks: list[str] | None = 
     index = library if isinstance(library, TreeIndex) else TreeIndex(library)
     library = index.library
     oracle = OraclePolicy(index)
-    parity = 0 if train_seeds == "even" else 1
+    seeds = _seed_split(train_seeds)
     seed_of = dict(zip(library.runs["run_id"].to_pylist(), library.runs["seed"].to_pylist()))
     train, held = [], []
     for s in decision_points(index, tasks=tasks or None):
@@ -116,7 +129,7 @@ def build_dataset(library, train_seeds: str = "even", tasks: list[str] | None = 
         w = 0.5 + min(adv, 1.0) if weight_by_advantage else 1.0
         seed = seed_of[s.run_id]
         ex = Example(s, best, w, seed, s.task)
-        (train if seed % 2 == parity and s.task not in (holdout_tasks or ()) else held).append(ex)
+        (train if seeds(seed) and s.task not in (holdout_tasks or ()) else held).append(ex)
     return train, held
 
 
