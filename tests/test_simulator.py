@@ -94,6 +94,38 @@ def test_off_tree_without_surrogate_is_a_clear_error_or_truncates(index):
     assert all(o.truncated and o.final_epoch() == 10 for o in outs)
 
 
+def test_the_fast_divergence_path_gives_the_forests_own_probabilities(surrogate, index):
+    """``p_diverge`` sums the classifier's trees itself (no joblib per call): the numbers must be the forest's own,
+    to the bit, on the library's rows and on rows far outside it."""
+    from tmsim.simulate.surrogate import _fast_classifier, _forest_proba
+
+    clf = surrogate.clf
+    assert clf is not None and _fast_classifier(clf)
+    X = segment_data(index).X
+    far = np.random.default_rng(0).normal(scale=50.0, size=(64, X.shape[1]))
+    for rows in (X[:200], far):
+        assert np.array_equal(_forest_proba(clf, rows), clf.predict_proba(rows))
+    assert not _fast_classifier(None) and not _fast_classifier(object())
+
+
+def test_the_closed_form_line_fit_agrees_with_numpys_least_squares():
+    from tmsim.simulate.surrogate import _fit_line
+
+    rng = np.random.default_rng(1)
+    for n in range(0, 9):
+        for _ in range(50):
+            ys = list(rng.normal(-1.0, 3.0, size=n))
+            slope, rough = _fit_line(ys)
+            if n < 2:
+                assert (slope, rough) == (0.0, 0.0)
+                continue
+            xs = np.arange(n, dtype=float)
+            coef = np.polyfit(xs, ys, 1)
+            ref = float(np.sqrt(np.mean((np.asarray(ys) - np.polyval(coef, xs)) ** 2))) if n > 2 else 0.0
+            assert slope == pytest.approx(coef[0], rel=1e-9, abs=1e-12)
+            assert rough == pytest.approx(ref, rel=1e-9, abs=1e-12)
+
+
 def test_surrogate_save_load_round_trip(surrogate, index, tmp_path):
     path = surrogate.save(tmp_path / "s.skops")
     loaded = Surrogate.load(path)

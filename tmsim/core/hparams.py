@@ -15,7 +15,7 @@ Hyperparams(lr=0.2, weight_decay=0.0, dropout=0.0, aux_loss_weight=None, ent_coe
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 #: Every knob, in the order of trace columns and feature vectors.
@@ -60,6 +60,15 @@ class Hyperparams:
         return asdict(self)
 
     def with_(self, **changes: Any) -> "Hyperparams":
+        """A copy with ``changes`` (``dataclasses.replace``). For a plain ``Hyperparams`` (no subclass) and known field
+        names it is made directly, as ``replace`` makes it (the class's ``__init__`` only sets the fields), without
+        ``replace``'s per-field calls: the validator and the simulator make one per menu action they try."""
+        if type(self) is Hyperparams and _FIELD_SET.issuperset(changes):
+            twin = object.__new__(Hyperparams)
+            d = twin.__dict__
+            d.update(self.__dict__)
+            d.update(changes)
+            return twin
         return replace(self, **changes)
 
     @classmethod
@@ -72,3 +81,6 @@ class Hyperparams:
             if vals[k] is None:
                 vals[k] = defaults[k]
         return cls(**vals)
+
+
+_FIELD_SET = frozenset(f.name for f in fields(Hyperparams))

@@ -136,13 +136,23 @@ def _slope(xs: list[int], ys: list[float]) -> float | None:
     return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / den if den else None
 
 
+#: the epochs of a window -> (their offsets from the mean, the sum of squared offsets), for ``_fits``
+_FIT_X: dict[tuple, tuple[list[float], float]] = {}
+
+
 def _fits(xs: list[int], *ys_lists: list[float]) -> list[float | None]:
     """``_slope`` over ``xs`` of each of ``ys_lists`` (2 or more points each), with the same arithmetic (``sum`` in
     the same order); the parts that depend on ``xs`` alone are computed once."""
-    n = len(xs)
-    mx = sum(xs) / n
-    dx = [x - mx for x in xs]
-    den = sum([d ** 2 for d in dx])
+    key = tuple(xs)
+    hit = _FIT_X.get(key)
+    if hit is None:
+        n = len(xs)
+        mx = sum(xs) / n
+        dx = [x - mx for x in xs]
+        hit = (dx, sum([d ** 2 for d in dx]))
+        if len(_FIT_X) < 4096:  # a window of epochs: a few hundred distinct ones in a library
+            _FIT_X[key] = hit
+    dx, den = hit
     out = []
     for ys in ys_lists:
         my = sum(ys) / len(ys)

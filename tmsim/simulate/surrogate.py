@@ -72,6 +72,27 @@ def _forest_mean(forest, X: np.ndarray) -> np.ndarray:
     return acc / len(forest.estimators_)
 
 
+def _forest_proba(forest, X: np.ndarray) -> np.ndarray:
+    """A single-output classification forest's ``predict_proba``, tree by tree without joblib's per-call overhead:
+    the same sum in the same order as the forest's own on one thread (each tree's class fractions, float64, added to
+    zeros, then divided by the tree count), so the same numbers."""
+    X32 = np.ascontiguousarray(X, dtype=np.float32)
+    k = int(forest.n_classes_)
+    acc = np.zeros((len(X), k))
+    for est in forest.estimators_:
+        acc += est.tree_.predict(X32)[:, :k]
+    acc /= len(forest.estimators_)
+    return acc
+
+
+def _fast_classifier(model) -> bool:
+    """Whether ``model`` is a fitted single-output forest of plain decision trees (``_forest_proba`` applies)."""
+    from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
+
+    return (type(model) in (RandomForestClassifier, ExtraTreesClassifier) and getattr(model, "n_outputs_", None) == 1
+            and bool(getattr(model, "estimators_", None)) and hasattr(model.estimators_[0], "tree_"))
+
+
 def _predict(model, X: np.ndarray) -> np.ndarray:
     """A fitted regressor's (n, targets) prediction; forests take the fast tree-by-tree path."""
     if hasattr(model, "estimators_") and hasattr(model, "n_outputs_") and hasattr(model.estimators_[0], "tree_"):
@@ -103,14 +124,19 @@ def _log(x: float | None, default: float = 0.0) -> float:
 
 def _fit_line(ys: list[float]) -> tuple[float, float]:
     """(slope per step, residual standard deviation) of a least-squares line through ``ys``."""
+    # the closed form over the steps 0..n-1 (the simulator calls this twice per predicted segment, on a handful of
+    # points: plain floats are several times faster than a numpy least-squares solve, and agree with it to rounding)
     n = len(ys)
     if n < 2:
         return 0.0, 0.0
-    xs = np.arange(n, dtype=float)
-    y = np.asarray(ys, dtype=float)
-    coef = np.polyfit(xs, y, 1)
-    resid = y - np.polyval(coef, xs)
-    return float(coef[0]), float(np.sqrt(np.mean(resid ** 2))) if n > 2 else 0.0
+    mx = (n - 1) / 2
+    my = sum(ys) / n
+    den = sum((i - mx) ** 2 for i in range(n))
+    slope = sum((i - mx) * (y - my) for i, y in enumerate(ys)) / den
+    if n == 2:
+        return float(slope), 0.0
+    c = my - slope * mx
+    return float(slope), math.sqrt(sum((y - (slope * i + c)) ** 2 for i, y in enumerate(ys)) / n)
 
 
 @dataclass(frozen=True)
@@ -578,7 +604,8 @@ class Surrogate:
     def p_diverge(self, Xs: np.ndarray) -> np.ndarray:
         if self.clf is None or len(Xs) == 0:
             return np.zeros(len(Xs))
-        proba = self.clf.predict_proba(self._mask(Xs))
+        Xm = self._mask(Xs)
+        proba = _forest_proba(self.clf, Xm) if _fast_classifier(self.clf) else self.clf.predict_proba(Xm)
         return proba[:, list(self.clf.classes_).index(True)] if True in self.clf.classes_ else np.zeros(len(Xs))
 
     # --- safe persistence ---------------------------------------------------------------------------------------
