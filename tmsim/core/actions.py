@@ -507,11 +507,27 @@ _MENU_PROPOSALS: dict[str, Proposal] = {}
 _MENU_KNOB = {a: ACTION_TABLE[a].knob for a in ACTIONS if ACTION_TABLE[a].knob is not None}
 
 
+#: The key under which a snapshot keeps its menu case (``_case_or_none``) in its ``__dict__``, beside the bounds'
+#: values it was computed for: the simulator asks for it twice per decision (the offered menu, then the answer).
+_CASE_MEMO = "_tmsim_menu_case"
+
+
 def _case_or_none(snapshot: Snapshot, bounds: Bounds) -> tuple | None:
+    """``_menu_case(snapshot, bounds)``, None where it cannot be read. A plain ``Snapshot`` (immutable: frozen
+    fields, immutable history) keeps the answer for the bounds' values it was computed with, as it keeps its hash."""
+    plain = type(snapshot) is Snapshot and type(bounds) is Bounds
+    if plain:
+        memo = snapshot.__dict__.get(_CASE_MEMO)
+        values = tuple(bounds.__dict__.values())
+        if memo is not None and memo[0] == values and memo[1] is snapshot.hparams:
+            return memo[2]
     try:
-        return _menu_case(snapshot, bounds)
+        case = _menu_case(snapshot, bounds)
     except Exception:  # a snapshot the validator cannot read: validated the plain way, where it becomes the fallback
         return None
+    if plain:
+        snapshot.__dict__[_CASE_MEMO] = (values, snapshot.hparams, case)
+    return case
 
 
 def _offered(snapshot: Snapshot, bounds: Bounds, candidates: tuple[str, ...], case: tuple | None = None) -> tuple[str, ...]:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import operator
 import secrets
 import threading
 import time
@@ -27,6 +28,9 @@ from typing import Any, Callable, Mapping, Sequence
 from .actions import Answer, Bounds, PolicyFailure, Proposal, ValidatedAction, offered_actions, parse_proposal
 from .hparams import KNOBS, Hyperparams
 from .snapshot import EpochView, PastDecision, Snapshot, as_views
+
+_EPOCH = operator.attrgetter("epoch")
+_VAL_LOSS = operator.attrgetter("val_loss")
 
 #: Longest raw output kept in an audit row (characters).
 RAW_OUTPUT_LIMIT = 2000
@@ -95,10 +99,15 @@ def build_snapshot(run: RunInfo, hist: Sequence[Mapping[str, Any]], chain: Mappi
     past = []
     epochs = range(every, d, every)
     if epochs:
-        val = {h.epoch: h.val_loss for h in hist}
+        # the usual history holds epochs 0..d in order: an epoch's validation loss is at its own position
+        if len(hist) == d + 1 and list(map(_EPOCH, hist)) == list(range(d + 1)):
+            val = list(map(_VAL_LOSS, hist)).__getitem__  # every decision epoch and the next are in 0..d
+        else:
+            val = {h.epoch: h.val_loss for h in hist}.get
         for e in epochs:
             nxt = min(e + every, d)
-            change = val[nxt] / val[e] - 1 if val.get(e) and val.get(nxt) is not None else None
+            ve, vn = val(e), val(nxt)
+            change = vn / ve - 1 if ve and vn is not None else None
             past.append(PastDecision(e, chain.get(e, "continue"), change))
     used = sum(1 for p in past if p.action != "continue")
     left = None if bounds.max_interventions is None else max(bounds.max_interventions - used, 0)
