@@ -119,3 +119,31 @@ def test_process_pool_gives_the_same_scores(small_library, env):
     assert main([*base, "--json", str(b), "--workers", "2"]) == 0
     strip = lambda rows: [{k: v for k, v in r.items() if not k.startswith("latency")} for r in rows]  # noqa: E731
     assert strip(json.loads(a.read_text())) == strip(json.loads(b.read_text()))
+
+
+def test_a_lora_adapter_trained_on_another_library_is_refused_naming_both_hashes(tmp_path, small_library, capsys):
+    from tmsim.policies import load_spec
+    from tmsim.policies.llm.finetune import adapter_library_problem
+
+    here = load_library(small_library).digest()
+    adapter = tmp_path / "adapter"
+    adapter.mkdir()
+    card = adapter / "tmsim_adapter.json"
+    card.write_text(json.dumps({"base_model": "smollm2-135m-instruct", "library_sha256": "ab" * 32}))
+    spec = tmp_path / "stale-lora.toml"
+    spec.write_text('name = "stale-lora"\nkind = "llm"\n[settings]\nmodel = "smollm2-135m-instruct"\nadapter = "adapter"\n')
+    # refused before any model is loaded or any policy rolled out: one line, exit 2, both libraries named
+    assert main(["leaderboard", "--traces", str(small_library), "--policies", str(spec), "--no-report",
+                 "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "abababababababab" in err and here[:16] in err and "stale-lora" in err
+    # a card that records no library is refused too; the library it was trained on is accepted
+    card.write_text(json.dumps({"base_model": "smollm2-135m-instruct"}))
+    assert "records no library" in adapter_library_problem(load_spec(spec), here)
+    card.write_text(json.dumps({"base_model": "smollm2-135m-instruct", "library_sha256": here}))
+    assert adapter_library_problem(load_spec(spec), here) is None
+    card.unlink()
+    assert "no readable tmsim_adapter.json" in adapter_library_problem(load_spec(spec), here)
+    from tmsim.cli import REPO
+
+    assert adapter_library_problem(load_spec(REPO / "policies" / "rules.toml"), here) is None  # no adapter: nothing to check

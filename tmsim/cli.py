@@ -321,10 +321,11 @@ def _load_lib(traces):
 def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: float | None = None,
                  surrogate_file: Path | None = None, hide_trees: bool = False, rank_by: str = "final",
                  pareto: bool = False, include_train: bool = False, skip_missing: bool = False,
-                 fidelity_files: list | None = None, reads_run: bool = True):
+                 fidelity_files: list | None = None, reads_run: bool = True, allow_stale_adapters: bool = False):
     """Score ``specs`` on ``suite``. With ``skip_missing`` (the leaderboard) a policy whose optional dependency is
     missing, or that has no root outside its training split, is skipped and reported; otherwise (promote) it is an
-    error."""
+    error. A LoRA adapter trained on another library than ``lib`` is refused before anything is built
+    (``adapter_library_problem``) unless ``allow_stale_adapters``."""
     from tqdm import tqdm
 
     from .evaluate.leaderboard import run_leaderboard
@@ -333,6 +334,13 @@ def _leaderboard(lib, specs, suite, quiet: bool, workers: int = 1, timeout: floa
     from .simulate.surrogate import surrogate_for
     from .traces import TreeIndex
 
+    if not allow_stale_adapters:
+        from .policies.llm.finetune import adapter_library_problem
+
+        for s in specs:
+            problem = adapter_library_problem(s, lib.digest())
+            if problem:
+                raise ValueError(problem)
     index = TreeIndex(lib)  # the one index of this run: the surrogate's data, the oracle and the simulator share it
     log = None if quiet else (lambda m: print(f"tmsim: {m}", file=sys.stderr))
     if surrogate_file is not None:  # a surrogate fitted elsewhere (zero-shot): used as it is, never refitted
@@ -407,7 +415,8 @@ def _cmd_leaderboard(args: argparse.Namespace) -> int:
     result = _leaderboard(lib, specs, suite, args.quiet, args.workers, args.timeout, args.surrogate, args.hide_trees,
                           rank_by="best" if args.restore_best else "final", pareto=args.rank_by == "pareto",
                           include_train=args.include_train, skip_missing=True,
-                          fidelity_files=[args.fidelity] if args.fidelity else None, reads_run=not args.no_reads_run)
+                          fidelity_files=[args.fidelity] if args.fidelity else None, reads_run=not args.no_reads_run,
+                          allow_stale_adapters=args.allow_stale_adapters)
     print(format_table(result))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
@@ -689,6 +698,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="score a policy on the roots its spec's trained_on names too (default: left out of its scores)")
     lb.add_argument("--no-reads-run", action="store_true",
                     help="skip the 'reads the run' figures (each policy's second rollout on swapped telemetry)")
+    lb.add_argument("--allow-stale-adapters", action="store_true",
+                    help="score a LoRA adapter trained on another library than --traces (a transfer check); by "
+                         "default such an adapter is refused, naming both libraries' hashes")
     lb.add_argument("--quiet", action="store_true")
     lb.set_defaults(func=_cmd_leaderboard)
 

@@ -11,7 +11,8 @@ A recipe (``finetune/recipes/*.toml``) runs up to two stages:
    skill, so LoRA alone on it has little to adapt; this stage gives it the task's vocabulary first.
 2. ``[lora]``: LoRA adapters (peft) on the attention and MLP projections of the stage-1 model (or of the given
    base model when there is no stage 1), saved as safetensors with a card (``tmsim_adapter.json``: base model,
-   data hash, split, metrics).
+   the trace library's hash, data hash, split, training cost, metrics). A leaderboard refuses an adapter whose card
+   names another library (``adapter_library_problem``).
 
 With a real checkpoint (``base_model = "Qwen/Qwen3-0.6B"`` or a local path) the same code runs, in bf16 on a GPU
 when one is present; a real model would normally skip stage 1.
@@ -239,7 +240,8 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
     report = {"recipe": recipe.name, "base_model": str(recipe.base_model), "model": display_name(str(recipe.base_model)),
               "train_examples": len(train), "held_out_examples": len(held), "eval_examples": len(held_eval),
               "eval_tasks": dict(Counter(e.task for e in held_eval)), "data_sha256": data_hash(train), "split": split,
-              "holdout_tasks": recipe.holdout_tasks, "prompt": recipe.prompt, "device": device}
+              "holdout_tasks": recipe.holdout_tasks, "prompt": recipe.prompt, "device": device,
+              "library_sha256": lib.digest()}
     tok = AutoTokenizer.from_pretrained(base_load)
     eos = tok.convert_tokens_to_ids("<|im_end|>")
     if tok.pad_token_id is None:
@@ -317,6 +319,12 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
                 "data_sha256": report["data_sha256"], "split": report["split"], "holdout_tasks": recipe.holdout_tasks,
                 "train_seeds": recipe.train_seeds, "prompt": recipe.prompt, "train_examples": len(train),
                 "trained_rows": len(rows), "lora": lo.model_dump(exclude={"out"}),
+                "library_sha256": report["library_sha256"],
+                "train_cost": {"steps": lo.steps, "examples_seen": lo.steps * lo.batch, "rows": len(rows),
+                               "epochs_over_rows": round(lo.steps * lo.batch / len(rows), 3),
+                               "seconds": report["lora_seconds"], "device": device,
+                               "torch_threads": torch.get_num_threads()},
+                "train_losses": report["lora_losses"],
                 "metrics": {"oracle_agreement_held_out": report["agreement_lora"]["accuracy"],
                             "majority_baseline": report["agreement_lora"]["majority_baseline"],
                             "eval_examples": len(held_eval)}}
@@ -328,6 +336,32 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
         (out / "tmsim_adapter.json").write_text(json.dumps(card, indent=2) + "\n")
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     return report
+
+
+def adapter_library_problem(spec, library_hash: str) -> str | None:
+    """Why the LoRA adapter a spec names must not be scored on the library with SHA-256 ``library_hash`` (None when
+    it may): its card (``tmsim_adapter.json``, written by ``tmsim finetune``) records the library it was trained on
+    as ``library_sha256``, and an adapter trained on another library (or before cards recorded one) is stale: its
+    labels and its split are not this library's, so its row would not compare like with like."""
+    adapter = (spec.settings or {}).get("adapter")
+    if not isinstance(adapter, str) or not adapter:
+        return None
+    path = spec.resolve_path(adapter) or Path(adapter)
+    card = Path(path) / "tmsim_adapter.json"
+    where = spec.path or spec.name
+    refit = "refit it with `tmsim finetune --recipe RECIPE` on this library, or pass --allow-stale-adapters"
+    try:
+        meta = json.loads(card.read_text())
+    except (OSError, ValueError):
+        return f"{where}: adapter {path} has no readable tmsim_adapter.json, so the library it was trained on is unknown; {refit}"
+    trained = meta.get("library_sha256") if isinstance(meta, dict) else None
+    if not isinstance(trained, str) or not trained:
+        return (f"{where}: adapter {path} records no library (field 'library_sha256' of tmsim_adapter.json); this "
+                f"library is {library_hash[:16]}; {refit}")
+    if trained != library_hash:
+        return (f"{where}: adapter {path} was trained on library {trained[:16]} (field 'library_sha256' of "
+                f"tmsim_adapter.json), but this library is {library_hash[:16]}; {refit}")
+    return None
 
 
 def _base_hash(model) -> str | None:
