@@ -334,8 +334,23 @@ def run_recipe(recipe: Recipe, repo: Path, log=print) -> dict:
         if "qwen3-tiny" in base_name or "qwen3-tiny" in str(recipe.base_model):
             card["model_note"] = "base is a scratch Qwen3-architecture model trained by tmsim, not Qwen3-0.6B"
         (out / "tmsim_adapter.json").write_text(json.dumps(card, indent=2) + "\n")
+        # peft's save_pretrained writes a hub card naming this machine's paths: the adapter's README is tmsim's own
+        (out / "README.md").write_text(adapter_readme(out.name, card))
     report["seconds"] = round(time.perf_counter() - t_start, 1)
     return report
+
+
+def adapter_readme(name: str, card: dict) -> str:
+    """The README of an adapter directory, from its card (``tmsim_adapter.json``)."""
+    tasks = card.get("holdout_tasks") or []
+    split = f"{card.get('train_seeds', 'even')} seeds" + (f", every task but {', '.join(tasks)}" if tasks else "")
+    return (f"# {name}\n\nA peft LoRA adapter for {card.get('model', card.get('base_model'))} (as converted by "
+            f"`tmsim model fetch`; the base weights' SHA-256 is in `tmsim_adapter.json`), trained by `tmsim finetune` "
+            f"(recipe `{card.get('recipe')}`) on the oracle's choices at recorded nodes of the trace library "
+            f"{str(card.get('library_sha256', 'unknown'))[:16]}: {split}. The card `tmsim_adapter.json` holds the "
+            "library and data hashes, the split, the LoRA settings, the training cost and losses, and the held-out "
+            "agreement; a leaderboard on another library refuses the adapter. Adapters load from safetensors only; the "
+            "base model's license is beside its weights (LICENSE, MODEL_CARD.md).\n")
 
 
 def adapter_library_problem(spec, library_hash: str) -> str | None:
