@@ -106,5 +106,10 @@ def test_dataset_split_and_a_short_recipe_end_to_end(tiny, small_library, tmp_pa
     assert (tmp_path / "adapter" / "adapter_model.safetensors").exists()
     card = json.loads((tmp_path / "adapter" / "tmsim_adapter.json").read_text())
     assert card["data_sha256"] == report["data_sha256"] and "oracle_agreement_held_out" in card["metrics"]
+    # the card names the library it was trained on and what training cost; the README is tmsim's, without local paths
+    assert card["library_sha256"] == lib.digest() == report["library_sha256"]
+    assert card["train_cost"]["steps"] == 3 and card["train_cost"]["examples_seen"] == 12 and card["train_losses"]
+    readme = (tmp_path / "adapter" / "README.md").read_text()
+    assert lib.digest()[:16] in readme and str(tmp_path) not in readme
     for k in ("agreement_prompted", "agreement_base", "agreement_lora"):
         assert 0 <= report[k]["accuracy"] <= 1 and report[k]["n"] == 10
