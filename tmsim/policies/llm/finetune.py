@@ -364,7 +364,7 @@ def adapter_library_problem(spec, library_hash: str) -> str | None:
     path = spec.resolve_path(adapter) or Path(adapter)
     card = Path(path) / "tmsim_adapter.json"
     where = spec.path or spec.name
-    refit = "refit it with `tmsim finetune --recipe RECIPE` on this library, or pass --allow-stale-adapters"
+    refit = "refit it with `tmsim finetune --recipe RECIPE` on this library (`tmsim leaderboard --allow-stale-adapters` scores it anyway)"
     try:
         meta = json.loads(card.read_text())
     except (OSError, ValueError):
