@@ -298,10 +298,11 @@ def _exact_knobs(values: tuple) -> bool:
     return True
 
 
-def _menu_case(snapshot: Snapshot, bounds: Bounds) -> tuple | None:
+def _menu_case(snapshot: Snapshot, bounds: Bounds, values: tuple | None = None) -> tuple | None:
     """Everything the validation of a menu action at ``snapshot`` depends on: the hyperparameters' values, whether a
     stop is allowed yet, whether budget is left, which knobs are cooling down, and the bounds (None when the
-    hyperparameters are not a plain ``Hyperparams`` of ``_exact_knobs`` or the bounds not a plain ``Bounds``)."""
+    hyperparameters are not a plain ``Hyperparams`` of ``_exact_knobs`` or the bounds not a plain ``Bounds``).
+    ``values``: the bounds' field values, where the caller has them already."""
     hp = snapshot.hparams
     if type(hp) is not Hyperparams or type(bounds) is not Bounds:
         return None
@@ -312,7 +313,8 @@ def _menu_case(snapshot: Snapshot, bounds: Bounds) -> tuple | None:
     if bounds.cooldown_epochs:
         cooling = tuple(snapshot.epoch - c < bounds.cooldown_epochs if c is not None else False
                         for c in (_last_change_epoch(snapshot, k) for k in KNOBS))
-    values = tuple(bounds.__dict__.values())
+    if values is None:
+        values = tuple(bounds.__dict__.values())
     bid = _BOUNDS_IDS.get(values)
     if bid is None:
         if len(_BOUNDS_IDS) > _MEMO_LIMIT:
@@ -522,7 +524,7 @@ def _case_or_none(snapshot: Snapshot, bounds: Bounds) -> tuple | None:
         if memo is not None and memo[0] == values and memo[1] is snapshot.hparams:
             return memo[2]
     try:
-        case = _menu_case(snapshot, bounds)
+        case = _menu_case(snapshot, bounds, values if plain else None)
     except Exception:  # a snapshot the validator cannot read: validated the plain way, where it becomes the fallback
         return None
     if plain:
