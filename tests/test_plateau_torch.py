@@ -7,6 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tmsim.core import Bounds, EpochView, Hyperparams, Snapshot, validate
+from tmsim.core.snapshot import PastDecision
 from tmsim.policies import PlateauPolicy
 from tmsim.policies.check import decision_points
 from tmsim.simulate import Simulator
@@ -61,14 +62,16 @@ def test_a_change_the_policy_did_not_make_is_set_by_hand(kw, losses, at, hand):
     pol = PlateauPolicy(**kw)
     lr = 0.1
     hist = [EpochView(epoch=0, val_loss=2.0, train_loss=2.0, lr=lr)]
+    past = []  # the decisions taken so far, as the harness's snapshots carry them
     for e, v in enumerate(losses, start=1):
         if e == at:
             lr = hand
             opt.param_groups[0]["lr"] = hand
         hist.append(EpochView(epoch=e, val_loss=v, train_loss=v, lr=lr))
         sched.step(v)
-        s = Snapshot.build("r", "t", hist, Hyperparams(lr=lr), 40, 1)
+        s = Snapshot.build("r", "t", hist, Hyperparams(lr=lr), 40, 1, decisions=past)
         act, _ = validate(pol.decide(s), s, WIDE)
+        past.append(PastDecision(e, act.action if act.intervenes else "continue", None))
         lr = act.hparams.lr
         assert lr == pytest.approx(opt.param_groups[0]["lr"], rel=1e-12), (e, kw)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ..core.actions import Proposal
 from ..core.hparams import is_rl
-from ..core.menu import ACTIONS, LR_FACTOR
+from ..core.menu import ACTION_TABLE, ACTIONS, LR_FACTOR
 from ..core.snapshot import Snapshot
 
 
@@ -118,7 +118,8 @@ class PlateauPolicy:
     def scheduler_lr(self, snapshot: Snapshot) -> tuple[float, int]:
         """(the LR torch's scheduler holds after the decision epoch's validation loss, its bad-epoch count)."""
         return torch_plateau_lr(snapshot.history, self.factor, self.patience, self.threshold, self.threshold_mode,
-                                self.cooldown, self.min_lr, self.eps, lr0=snapshot.hparams.lr)
+                                self.cooldown, self.min_lr, self.eps, lr0=snapshot.hparams.lr,
+                                lr_decisions={d.epoch for d in snapshot.decisions if d.action in _LR_ACTIONS})
 
     def decide(self, snapshot: Snapshot) -> Proposal:
         new, bad = self.scheduler_lr(snapshot)
@@ -131,12 +132,19 @@ class PlateauPolicy:
         return Proposal(action="continue", reason=f"{bad} bad epoch(s), patience {self.patience}")
 
 
+#: Menu and value actions that change the learning rate (``PlateauPolicy`` reads its own past cuts by them).
+_LR_ACTIONS = frozenset(a for a, entry in ACTION_TABLE.items() if entry.knob == "lr")
+
+
 def torch_plateau_lr(history, factor: float = 0.5, patience: int = 2, threshold: float = 1e-4,
                      threshold_mode: str = "rel", cooldown: int = 0, min_lr: float = 0.0, eps: float = 1e-8,
-                     lr0: float | None = None) -> tuple[float, int]:
+                     lr0: float | None = None, lr_decisions: set[int] | frozenset[int] = frozenset()) -> tuple[float, int]:
     """Drive ``torch.optim.lr_scheduler.ReduceLROnPlateau`` over ``history`` (``EpochView``s from epoch 0) as
     ``PlateauPolicy`` documents; returns the LR the scheduler's optimizer holds at the end and its bad-epoch count.
-    ``lr0`` is used when the history records no LR."""
+    ``lr0`` is used when the history records no LR. ``lr_decisions``: the decision epochs at which the run took an
+    action on the LR; the LR recorded for the epoch after one is what the run trained with after it, so where it is
+    not the scheduler's it was set from outside and is written in, even when the column did not change (set back by
+    hand to the value before the cut)."""
     import torch
 
     rows = [h for h in history if h.epoch > 0]
@@ -150,7 +158,10 @@ def torch_plateau_lr(history, factor: float = 0.5, patience: int = 2, threshold:
     group = opt.param_groups[0]
     prev = first
     for h in rows:
-        if h.lr is not None and h.lr != prev:
+        if h.lr is not None and h.epoch - 1 in lr_decisions and h.lr != group["lr"]:
+            group["lr"] = h.lr  # the LR action's outcome is the recorded LR, whatever the scheduler held
+            prev = h.lr
+        elif h.lr is not None and h.lr != prev:
             if h.lr != group["lr"]:
                 group["lr"] = h.lr  # a change the scheduler did not make: set by hand, the scheduler's state kept
             prev = h.lr
